@@ -264,6 +264,15 @@ TEST_F(ConnectionTest, PeerThatDoesNotReadStopsBeingReadFromAndLosesNothing) {
   EXPECT_GT(log.peaks[0], opts.connection.write_high_watermark);
 }
 
+TEST_F(ConnectionTest, SecondListenerOnABoundPortIsRefused) {
+  SocketAddress addr = Listen([](Connection&) { return std::make_unique<EchoHandler>(nullptr); });
+  auto again = ListenerGroup::Listen(
+      loops_, addr, [](Connection&) { return std::make_unique<EchoHandler>(nullptr); }, {});
+  ASSERT_FALSE(again.ok());
+  EXPECT_TRUE(absl::IsAlreadyExists(again.status())) << again.status();
+  EXPECT_NE(again.status().message().find("address already in use"), std::string::npos);
+}
+
 TEST_F(ConnectionTest, ConnectionsBeyondTheLimitAreRefused) {
   ListenerOptions opts;
   opts.max_connections = 2;

@@ -65,12 +65,12 @@ class ListenerGroup::Listener final : public LoopResource {
 
 namespace {
 
-absl::StatusOr<int> BindSocket(const SocketAddress& address) {
+absl::StatusOr<int> BindSocket(const SocketAddress& address, bool reuseport) {
   int fd = ::socket(address.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) return ErrnoToStatus(errno, "socket");
   int one = 1;
   if (::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
-      ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) {
+      (reuseport && ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0)) {
     int err = errno;
     ::close(fd);
     return ErrnoToStatus(err, "setsockopt");
@@ -78,9 +78,20 @@ absl::StatusOr<int> BindSocket(const SocketAddress& address) {
   if (::bind(fd, address.sockaddr_ptr(), address.length()) != 0) {
     int err = errno;
     ::close(fd);
+    if (err == EADDRINUSE) {
+      return absl::AlreadyExistsError(
+          StrCat("bind ", address.ToString(), ": address already in use"));
+    }
     return ErrnoToStatus(err, StrCat("bind ", address.ToString()));
   }
   return fd;
+}
+
+SocketAddress LocalAddress(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  return SocketAddress::FromSockaddr(reinterpret_cast<sockaddr*>(&ss));
 }
 
 // Runs `fn` on `loop` (which must be running) and waits for it. Returns `if_stopped` without
@@ -101,17 +112,20 @@ absl::StatusOr<std::unique_ptr<ListenerGroup>> ListenerGroup::Listen(
     ListenerOptions options) {
   std::unique_ptr<ListenerGroup> group(new ListenerGroup());
   group->stats_ = std::make_shared<ConnectionStats>();
-  SocketAddress bound = address;
+  // SO_REUSEPORT would let another process of the same user join our port and silently take
+  // part of its connections. A probe bound without it first fails if anyone listens there (and
+  // resolves port 0); the loops' sockets then share the port among themselves.
+  SocketAddress bound;
+  {
+    absl::StatusOr<int> probe = BindSocket(address, /*reuseport=*/false);
+    if (!probe.ok()) return probe.status();
+    bound = LocalAddress(*probe);
+    ::close(*probe);
+  }
+  group->address_ = bound;
   for (size_t i = 0; i < loops.size(); ++i) {
-    absl::StatusOr<int> fd = BindSocket(bound);
+    absl::StatusOr<int> fd = BindSocket(bound, /*reuseport=*/true);
     if (!fd.ok()) return fd.status();
-    if (i == 0) {
-      sockaddr_storage ss{};
-      socklen_t len = sizeof(ss);
-      ::getsockname(*fd, reinterpret_cast<sockaddr*>(&ss), &len);
-      bound = SocketAddress::FromSockaddr(reinterpret_cast<sockaddr*>(&ss));
-      group->address_ = bound;
-    }
     EventLoop& loop = loops.loop(i);
     auto* listener = new Listener(loop, factory, options, group->stats_);
     absl::Status s = RunOn(

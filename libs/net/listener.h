@@ -38,6 +38,7 @@ class ListenerGroup {
 
   const SocketAddress& address() const { return address_; }
   const ConnectionStats& stats() const { return *stats_; }
+  std::shared_ptr<const ConnectionStats> shared_stats() const { return stats_; }
 
  private:
   class Listener;

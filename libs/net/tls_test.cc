@@ -114,13 +114,14 @@ TEST_F(TlsTest, HeraldClientVerifiesServerAndExchangesLargeData) {
   SocketAddress addr = Listen();
   auto client_ctx = TlsContext::NewClient({cert_.cert_file(), true, "", ""});
   ASSERT_TRUE(client_ctx.ok()) << client_ctx.status();
+  // Many TLS records: about 250 KiB of lines.
+  std::string expect;
+  for (int i = 0; i < 16384; ++i) expect += "line-" + std::to_string(i % 1000) + "-xyz\n";
   struct Client : ConnectionHandler {
     std::string expect, got;
     std::promise<std::string> reply;
     std::promise<absl::Status> closed;
     void OnConnected(Connection& c) override {
-      // Many records: 1 MiB of lines.
-      for (int i = 0; i < 16384; ++i) expect += "line-" + std::to_string(i % 1000) + "-xyz\n";
       c.Send(expect);
       c.Send("quit\n");
     }
@@ -131,7 +132,7 @@ TEST_F(TlsTest, HeraldClientVerifiesServerAndExchangesLargeData) {
     }
   };
   auto client = std::make_unique<Client>();
-  Client* raw = client.get();
+  client->expect = expect;
   auto reply = client->reply.get_future();
   auto closed = client->closed.get_future();
   loops_.loop(1).Post([&, h = std::move(client)]() mutable {
@@ -141,7 +142,7 @@ TEST_F(TlsTest, HeraldClientVerifiesServerAndExchangesLargeData) {
   ASSERT_EQ(reply.wait_for(20s), std::future_status::ready);
   std::string got = reply.get();
   EXPECT_TRUE(closed.get().ok());
-  EXPECT_EQ(got, raw->expect + "bye\n");
+  EXPECT_EQ(got, expect + "bye\n");
 }
 
 TEST_F(TlsTest, ClientRejectsServerWithWrongName) {
