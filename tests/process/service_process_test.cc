@@ -11,6 +11,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <regex>
 #include <string>
 #include <vector>
@@ -244,6 +245,30 @@ TEST_F(ServiceProcessTest, CoreAndEdgeStartServeAndStop) {
         << metrics;
     p.Signal(SIGTERM);
     EXPECT_EQ(p.Wait(5s), 0) << p.log();
+  }
+}
+
+// docs/configuration.md must list every option each binary accepts, with its default.
+TEST(ConfigurationDocsTest, EveryOptionOfEveryBinaryIsDocumented) {
+  std::ifstream in(std::string(HERALD_SOURCE_DIR) + "/docs/configuration.md");
+  std::string docs((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  ASSERT_FALSE(docs.empty());
+  for (const char* bin : {"herald", "herald-core", "herald-edge"}) {
+    std::string cmd = std::string(HERALD_BIN_DIR) + "/" + bin + " --help-config";
+    FILE* p = ::popen(cmd.c_str(), "r");
+    ASSERT_NE(p, nullptr);
+    char line[4096];
+    int rows = 0;
+    while (std::fgets(line, sizeof(line), p) != nullptr) {
+      std::string row(line);
+      if (row.rfind("| `", 0) != 0) continue;
+      ++rows;
+      row.erase(row.find_last_not_of("\n") + 1);
+      EXPECT_NE(docs.find(row), std::string::npos)
+          << bin << ": docs/configuration.md lacks or differs on this row:\n" << row;
+    }
+    EXPECT_EQ(::pclose(p), 0);
+    EXPECT_GT(rows, 3) << bin;
   }
 }
 
