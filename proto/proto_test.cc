@@ -35,8 +35,7 @@ TEST(ProtoTest, NotLeaderHintTravelsInGrpcStatusDetails) {
   v1::ErrorInfo info;
   info.set_code(v1::ERROR_CODE_NOT_LEADER);
   info.mutable_leader_hint()->set_node_id(3);
-  grpc::Status status(grpc::StatusCode::UNAVAILABLE, "not leader",
-                      info.SerializeAsString());
+  grpc::Status status(grpc::StatusCode::UNAVAILABLE, "not leader", info.SerializeAsString());
   v1::ErrorInfo got;
   ASSERT_TRUE(got.ParseFromString(status.error_details()));
   EXPECT_EQ(got.code(), v1::ERROR_CODE_NOT_LEADER);

@@ -77,7 +77,8 @@ TEST_F(AdminServerTest, MetricsAreInPrometheusTextFormat) {
 
 TEST_F(AdminServerTest, UnknownPathIs404AndWrongMethodIs405) {
   EXPECT_EQ(Get("/nope").rfind("HTTP/1.1 404 Not Found", 0), 0u);
-  std::string r = Exchange("POST /healthz HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+  std::string r =
+      Exchange("POST /healthz HTTP/1.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
   EXPECT_EQ(r.rfind("HTTP/1.1 405 Method Not Allowed", 0), 0u) << r;
   EXPECT_NE(r.find("Allow: GET, HEAD"), std::string::npos);
 }

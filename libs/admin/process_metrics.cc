@@ -139,9 +139,8 @@ void RegisterProcessMetrics(MetricsRegistry& registry, const std::string& compon
       .Name("herald_build_info")
       .Help("Always 1; labels tell the component, version and source revision.")
       .Register(registry.families())
-      .Add({{"component", component},
-            {"version", kHeraldVersion},
-            {"revision", kHeraldGitRevision}})
+      .Add(
+          {{"component", component}, {"version", kHeraldVersion}, {"revision", kHeraldGitRevision}})
       .Set(1);
 }
 

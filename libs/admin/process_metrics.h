@@ -6,9 +6,8 @@
 #include <memory>
 #include <string>
 
-#include "libs/net/connection.h"
-
 #include "libs/admin/metrics_registry.h"
+#include "libs/net/connection.h"
 
 namespace herald::admin {
 

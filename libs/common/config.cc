@@ -27,7 +27,8 @@ absl::Status ParseInt(std::string_view text, Int* out) {
   int64_t wide;
   if constexpr (std::is_same_v<Int, uint64_t>) {
     uint64_t v;
-    if (!absl::SimpleAtoi(AsAbsl(text), &v)) return absl::InvalidArgumentError("not an unsigned integer");
+    if (!absl::SimpleAtoi(AsAbsl(text), &v))
+      return absl::InvalidArgumentError("not an unsigned integer");
     *out = v;
     return absl::OkStatus();
   } else {
@@ -152,7 +153,8 @@ absl::StatusOr<uint64_t> ParseByteSize(std::string_view text) {
   text = AsStd(absl::StripAsciiWhitespace(AsAbsl(text)));
   size_t digits = 0;
   while (digits < text.size() && absl::ascii_isdigit(text[digits])) ++digits;
-  if (digits == 0) return absl::InvalidArgumentError("not a byte size (examples: 4096, 64KiB, 1GiB)");
+  if (digits == 0)
+    return absl::InvalidArgumentError("not a byte size (examples: 4096, 64KiB, 1GiB)");
   uint64_t n;
   if (!absl::SimpleAtoi(AsAbsl(text.substr(0, digits)), &n)) {
     return absl::OutOfRangeError("byte size out of range");
@@ -161,9 +163,17 @@ absl::StatusOr<uint64_t> ParseByteSize(std::string_view text) {
   static constexpr struct {
     const char* name;
     uint64_t mult;
-  } kUnits[] = {{"", 1},          {"b", 1},          {"k", 1ULL << 10},  {"kib", 1ULL << 10},
-                {"m", 1ULL << 20}, {"mib", 1ULL << 20}, {"g", 1ULL << 30},  {"gib", 1ULL << 30},
-                {"kb", 1000},      {"mb", 1000'000},    {"gb", 1000'000'000}};
+  } kUnits[] = {{"", 1},
+                {"b", 1},
+                {"k", 1ULL << 10},
+                {"kib", 1ULL << 10},
+                {"m", 1ULL << 20},
+                {"mib", 1ULL << 20},
+                {"g", 1ULL << 30},
+                {"gib", 1ULL << 30},
+                {"kb", 1000},
+                {"mb", 1000'000},
+                {"gb", 1000'000'000}};
   for (const auto& u : kUnits) {
     if (unit == u.name) {
       if (n > std::numeric_limits<uint64_t>::max() / u.mult) {
@@ -206,8 +216,8 @@ absl::Status ConfigSchema::Set(std::string_view key, std::string_view value,
   }
   absl::Status s = ParseInto(o->field, value);
   if (!s.ok()) {
-    return absl::Status(s.code(), StrCat(source, ": option '", key, "' value '", value,
-                                               "': ", s.message()));
+    return absl::Status(s.code(),
+                        StrCat(source, ": option '", key, "' value '", value, "': ", s.message()));
   }
   o->source = std::string(source);
   return absl::OkStatus();
@@ -301,8 +311,8 @@ std::string ConfigSchema::Markdown() const {
       "| --- | --- | --- | --- | --- |\n";
   for (const auto& o : options_) {
     std::string def = o.default_text.empty() ? "(empty)" : StrCat("`", o.default_text, "`");
-    StrAppend(&out, "| `", o.key, "` | `--", o.key, "` | `", EnvName(o.key), "` | ", def,
-                    " | ", o.help, " |\n");
+    StrAppend(&out, "| `", o.key, "` | `--", o.key, "` | `", EnvName(o.key), "` | ", def, " | ",
+              o.help, " |\n");
   }
   return out;
 }

@@ -10,8 +10,8 @@ namespace herald {
 absl::Status InitLogging(std::string_view level, std::string_view name) {
   spdlog::level::level_enum lvl = spdlog::level::from_str(std::string(level));
   if (lvl == spdlog::level::off && level != "off") {
-    return absl::InvalidArgumentError(StrCat("unknown log level '", level,
-                                                   "' (trace, debug, info, warn, error, off)"));
+    return absl::InvalidArgumentError(
+        StrCat("unknown log level '", level, "' (trace, debug, info, warn, error, off)"));
   }
   auto logger = spdlog::stderr_color_mt(std::string(name));
   logger->set_pattern("%Y-%m-%dT%H:%M:%S.%eZ %^%l%$ [%n] %v", spdlog::pattern_time_type::utc);

@@ -8,9 +8,9 @@
 #include "absl/status/statusor.h"
 
 // Returns from the enclosing function when `expr` (an absl::Status) is not OK.
-#define HERALD_RETURN_IF_ERROR(expr)              \
-  do {                                            \
-    ::absl::Status herald_status_ = (expr);       \
+#define HERALD_RETURN_IF_ERROR(expr)                 \
+  do {                                               \
+    ::absl::Status herald_status_ = (expr);          \
     if (!herald_status_.ok()) return herald_status_; \
   } while (0)
 

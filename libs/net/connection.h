@@ -165,8 +165,8 @@ class Connection final : public LoopResource {
   std::unique_ptr<Timer> deadline_;  // handshake or close timeout
 
   SSL* ssl_ = nullptr;
-  BIO* rbio_ = nullptr;  // ciphertext from the peer, read by OpenSSL
-  BIO* wbio_ = nullptr;  // ciphertext for the peer, written by OpenSSL
+  BIO* rbio_ = nullptr;        // ciphertext from the peer, read by OpenSSL
+  BIO* wbio_ = nullptr;        // ciphertext for the peer, written by OpenSSL
   std::string pending_plain_;  // plaintext sent before the handshake finished
   bool handshake_notified_ = false;
 };

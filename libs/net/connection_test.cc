@@ -59,8 +59,8 @@ class FrameHandler : public ConnectionHandler {
   void OnData(Connection& c, std::string_view data) override {
     buf_.append(data);
     while (buf_.size() >= 4) {
-      uint32_t len = (uint8_t(buf_[0]) << 24) | (uint8_t(buf_[1]) << 16) |
-                     (uint8_t(buf_[2]) << 8) | uint8_t(buf_[3]);
+      uint32_t len = (uint8_t(buf_[0]) << 24) | (uint8_t(buf_[1]) << 16) | (uint8_t(buf_[2]) << 8) |
+                     uint8_t(buf_[3]);
       if (buf_.size() < 4 + len) break;
       uint64_t sum = 0;
       for (size_t i = 0; i < len; ++i) sum += uint8_t(buf_[4 + i]);
@@ -120,8 +120,8 @@ class ConnectionTest : public ::testing::Test {
     loops_.Stop();
   }
   SocketAddress Listen(Connection::HandlerFactory factory, ListenerOptions options = {}) {
-    auto l = ListenerGroup::Listen(loops_, *SocketAddress::Parse("127.0.0.1:0"),
-                                   std::move(factory), std::move(options));
+    auto l = ListenerGroup::Listen(loops_, *SocketAddress::Parse("127.0.0.1:0"), std::move(factory),
+                                   std::move(options));
     EXPECT_TRUE(l.ok()) << l.status();
     listener_ = std::move(*l);
     EXPECT_NE(listener_->address().port(), 0);
@@ -134,8 +134,7 @@ class ConnectionTest : public ::testing::Test {
 
 TEST_F(ConnectionTest, EchoesOnAThousandConcurrentConnections) {
   CloseLog log;
-  SocketAddress addr =
-      Listen([&](Connection&) { return std::make_unique<EchoHandler>(&log); });
+  SocketAddress addr = Listen([&](Connection&) { return std::make_unique<EchoHandler>(&log); });
   constexpr int kConns = 1000;
   std::vector<int> fds;
   for (int i = 0; i < kConns; ++i) {
@@ -337,8 +336,7 @@ TEST_F(ConnectionTest, ConnectToClosedPortReportsAnError) {
 
 TEST_F(ConnectionTest, StoppingTheLoopsClosesOpenConnectionsCleanly) {
   CloseLog log;
-  SocketAddress addr =
-      Listen([&](Connection&) { return std::make_unique<EchoHandler>(&log); });
+  SocketAddress addr = Listen([&](Connection&) { return std::make_unique<EchoHandler>(&log); });
   std::vector<int> fds;
   for (int i = 0; i < 50; ++i) {
     int fd = ConnectBlocking(addr);

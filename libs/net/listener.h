@@ -28,9 +28,10 @@ class ListenerGroup {
   // Binds on every loop of `loops` (which must be running). Port 0 picks a free port, shared by
   // all loops' sockets. `factory` is called on the accepting loop's thread for each connection;
   // it may return nullptr to refuse one.
-  static absl::StatusOr<std::unique_ptr<ListenerGroup>> Listen(
-      LoopGroup& loops, const SocketAddress& address, Connection::HandlerFactory factory,
-      ListenerOptions options);
+  static absl::StatusOr<std::unique_ptr<ListenerGroup>> Listen(LoopGroup& loops,
+                                                               const SocketAddress& address,
+                                                               Connection::HandlerFactory factory,
+                                                               ListenerOptions options);
 
   // Stops accepting (open connections stay). Blocks until every loop closed its socket.
   ~ListenerGroup();

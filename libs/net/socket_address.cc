@@ -18,8 +18,7 @@ absl::StatusOr<SocketAddress> SocketAddress::Parse(std::string_view text) {
   std::string_view port_text = text.substr(colon + 1);
   int port = -1;
   auto [ptr, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
-  if (ec != std::errc() || ptr != port_text.data() + port_text.size() || port < 0 ||
-      port > 65535) {
+  if (ec != std::errc() || ptr != port_text.data() + port_text.size() || port < 0 || port > 65535) {
     return absl::InvalidArgumentError(StrCat("address '", text, "' has an invalid port"));
   }
   SocketAddress a;
@@ -59,7 +58,8 @@ socklen_t SocketAddress::length() const {
 }
 
 int SocketAddress::port() const {
-  if (family() == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6*>(&storage_)->sin6_port);
+  if (family() == AF_INET6)
+    return ntohs(reinterpret_cast<const sockaddr_in6*>(&storage_)->sin6_port);
   if (family() == AF_INET) return ntohs(reinterpret_cast<const sockaddr_in*>(&storage_)->sin_port);
   return 0;
 }

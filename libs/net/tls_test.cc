@@ -3,8 +3,8 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
-#include <cstdio>
 #include <atomic>
+#include <cstdio>
 #include <future>
 
 #include "libs/net/connection.h"
@@ -201,8 +201,7 @@ TEST(TlsContextTest, MissingOrMismatchedFilesAreClearErrors) {
   testing::SelfSignedCert a, b;
   auto mismatch = TlsContext::NewServer({a.cert_file(), b.key_file(), ""});
   ASSERT_FALSE(mismatch.ok());
-  EXPECT_NE(mismatch.status().message().find("mismatch"), std::string::npos)
-      << mismatch.status();
+  EXPECT_NE(mismatch.status().message().find("mismatch"), std::string::npos) << mismatch.status();
 }
 
 }  // namespace

@@ -53,7 +53,9 @@ sigset_t StopSignals() {
   return set;
 }
 
-const char* SignalName(int sig) { return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "signal"; }
+const char* SignalName(int sig) {
+  return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "signal";
+}
 
 }  // namespace
 

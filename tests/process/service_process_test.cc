@@ -97,15 +97,14 @@ class Process {
   }
 
   void Signal(int sig) { ::kill(pid_, sig); }
-  const std::string& log() {
-    return log_;
-  }
+  const std::string& log() { return log_; }
 
  private:
   void DrainStderr() {
     char buf[4096];
     ssize_t n;
-    while ((n = ::read(err_fd_, buf, sizeof(buf))) > 0) pending_.append(buf, static_cast<size_t>(n));
+    while ((n = ::read(err_fd_, buf, sizeof(buf))) > 0)
+      pending_.append(buf, static_cast<size_t>(n));
     log_ += pending_;
     pending_.clear();
   }
@@ -179,8 +178,7 @@ TEST_F(ServiceProcessTest, SecondProcessOnTheSameDataDirIsRefused) {
   ASSERT_FALSE(first.WaitForLine("herald ready").empty()) << first.log();
   Process second("herald", {"--admin.listen=127.0.0.1:0", "--data_dir=" + dir_});
   EXPECT_EQ(second.Wait(10s), 1);
-  EXPECT_NE(second.log().find("is in use by another process"), std::string::npos)
-      << second.log();
+  EXPECT_NE(second.log().find("is in use by another process"), std::string::npos) << second.log();
   first.Signal(SIGTERM);
   EXPECT_EQ(first.Wait(5s), 0);
 }
@@ -265,7 +263,8 @@ TEST(ConfigurationDocsTest, EveryOptionOfEveryBinaryIsDocumented) {
       ++rows;
       row.erase(row.find_last_not_of("\n") + 1);
       EXPECT_NE(docs.find(row), std::string::npos)
-          << bin << ": docs/configuration.md lacks or differs on this row:\n" << row;
+          << bin << ": docs/configuration.md lacks or differs on this row:\n"
+          << row;
     }
     EXPECT_EQ(::pclose(p), 0);
     EXPECT_GT(rows, 3) << bin;

@@ -8,8 +8,8 @@ namespace {
 TEST(RequestParserTest, ParsesRequestLineHeadersAndQuery) {
   RequestParser p;
   std::vector<Request> out;
-  ASSERT_TRUE(p.Feed("GET /metrics?x=1&y=2 HTTP/1.1\r\nHost: a\r\nAccept: text/plain\r\n\r\n", &out)
-                  .ok());
+  ASSERT_TRUE(
+      p.Feed("GET /metrics?x=1&y=2 HTTP/1.1\r\nHost: a\r\nAccept: text/plain\r\n\r\n", &out).ok());
   ASSERT_EQ(out.size(), 1u);
   EXPECT_EQ(out[0].method, "GET");
   EXPECT_EQ(out[0].target, "/metrics?x=1&y=2");
@@ -36,8 +36,8 @@ TEST(RequestParserTest, ReassemblesARequestFedOneByteAtATime) {
 TEST(RequestParserTest, PipelinedRequestsAllComeOutInOrder) {
   RequestParser p;
   std::vector<Request> out;
-  ASSERT_TRUE(p.Feed("GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\nGET /c HTTP/1.0\r\n\r\n", &out)
-                  .ok());
+  ASSERT_TRUE(
+      p.Feed("GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\nGET /c HTTP/1.0\r\n\r\n", &out).ok());
   ASSERT_EQ(out.size(), 3u);
   EXPECT_EQ(out[0].path, "/a");
   EXPECT_EQ(out[1].path, "/b");
