@@ -1,0 +1,330 @@
+#include "libs/broker/partition_state_machine.h"
+
+#include <algorithm>
+
+#include "libs/common/strings.h"
+#include "libs/protocol/mqtt/topic.h"
+#include "libs/storage/keys.h"
+
+namespace herald::broker {
+
+using storage::Family;
+
+namespace {
+
+bool Expired(const v1::Message& m, int64_t now_unix_ms) {
+  if (!m.has_expiry_interval_s()) return false;
+  return m.publish_time_unix_ms() + int64_t{m.expiry_interval_s()} * 1000 <= now_unix_ms;
+}
+
+bool MatchesAny(const std::vector<std::string>& filters, std::string_view topic) {
+  for (const auto& f : filters) {
+    if (mqtt::TopicMatches(f, topic)) return true;
+  }
+  return false;
+}
+
+bool HasWildcard(std::string_view filter) {
+  return filter.find_first_of("+#") != std::string_view::npos;
+}
+
+}  // namespace
+
+// Key layout in the partition column family: [partition u32][kind u8][...]
+//   'S'                  PartitionStateRecord
+//   'm' [offset u64]     Message (partition, offset and publish time filled in)
+//   'r' [topic bytes]    retained Message
+//   'p' [producer u64]   ProducerRecord
+std::string PartitionStateMachine::Key(char kind) const {
+  std::string k;
+  storage::PutU32(&k, partition_);
+  k.push_back(kind);
+  return k;
+}
+
+std::string PartitionStateMachine::MessageKey(uint64_t offset) const {
+  std::string k = Key('m');
+  storage::PutU64(&k, offset);
+  return k;
+}
+
+std::string PartitionStateMachine::RetainedKey(std::string_view topic) const {
+  std::string k = Key('r');
+  k.append(topic);
+  return k;
+}
+
+std::string PartitionStateMachine::ProducerKey(uint64_t producer_id) const {
+  std::string k = Key('p');
+  storage::PutU64(&k, producer_id);
+  return k;
+}
+
+absl::StatusOr<std::unique_ptr<PartitionStateMachine>> PartitionStateMachine::Open(
+    storage::Engine& engine, uint32_t partition, PartitionOptions options) {
+  std::unique_ptr<PartitionStateMachine> p(new PartitionStateMachine(engine, partition, options));
+  absl::Status s = p->Load();
+  if (!s.ok()) return s;
+  return p;
+}
+
+absl::Status PartitionStateMachine::Load() {
+  auto v = engine_.Get(Family::kPartition, Key('S'));
+  if (!v.ok()) return v.status();
+  if (!v->has_value()) {
+    state_.set_epoch(1);
+    state_.set_first_offset(1);
+    state_.set_next_offset(1);
+    return absl::OkStatus();
+  }
+  if (!state_.ParseFromString(**v)) {
+    return absl::DataLossError(StrCat("partition ", partition_, ": state record is corrupt"));
+  }
+  return absl::OkStatus();
+}
+
+void PartitionStateMachine::StageState(rocksdb::WriteBatch* batch) {
+  batch->Put(engine_.handle(Family::kPartition), Key('S'), state_.SerializeAsString());
+}
+
+void PartitionStateMachine::ApplyOther(uint64_t index, rocksdb::WriteBatch* batch) {
+  if (index <= state_.applied_index()) return;
+  state_.set_applied_index(index);
+  StageState(batch);
+}
+
+absl::StatusOr<ApplyResult> PartitionStateMachine::Apply(uint64_t index, std::string_view data,
+                                                         rocksdb::WriteBatch* batch) {
+  ApplyResult result;
+  if (index <= state_.applied_index()) return result;
+  v1::PartitionCommand cmd;
+  if (!cmd.ParseFromArray(data.data(), static_cast<int>(data.size()))) {
+    return absl::DataLossError(
+        StrCat("partition ", partition_, ": entry ", index, " is not a partition command"));
+  }
+  const int64_t now = cmd.proposed_at_unix_ms();
+  switch (cmd.command_case()) {
+    case v1::PartitionCommand::kPublish:
+      result.publish.reserve(cmd.publish().messages_size());
+      for (v1::Message& m : *cmd.mutable_publish()->mutable_messages()) {
+        result.publish.push_back(ApplyMessage(m, now, batch));
+      }
+      break;
+    case v1::PartitionCommand::kTrim:
+      ApplyTrim(cmd.trim(), batch);
+      break;
+    case v1::PartitionCommand::COMMAND_NOT_SET:
+      break;  // a command from a newer version this one does not know: nothing to do
+  }
+  state_.set_applied_index(index);
+  StageState(batch);
+  return result;
+}
+
+v1::ProducerRecord* PartitionStateMachine::Producer(uint64_t producer_id) {
+  auto it = producers_.find(producer_id);
+  if (it != producers_.end()) return &it->second;
+  auto v = engine_.Get(Family::kPartition, ProducerKey(producer_id));
+  if (!v.ok() || !v->has_value()) return nullptr;
+  v1::ProducerRecord rec;
+  if (!rec.ParseFromString(**v)) return nullptr;
+  return &producers_.emplace(producer_id, std::move(rec)).first->second;
+}
+
+v1::PublishResult PartitionStateMachine::ApplyMessage(v1::Message& m, int64_t now,
+                                                      rocksdb::WriteBatch* batch) {
+  v1::PublishResult r;
+  r.set_partition(partition_);
+  const uint64_t pid = m.producer_id();
+  v1::ProducerRecord* producer = pid != 0 ? Producer(pid) : nullptr;
+  if (producer != nullptr) {
+    const uint64_t last = producer->last_sequence();
+    if (m.sequence() <= last) {
+      // A retry of something already committed: success, not appended again.
+      r.set_duplicate(true);
+      uint64_t back = last - m.sequence();
+      int n = producer->recent_offsets_size();
+      if (back < static_cast<uint64_t>(n)) {
+        r.set_epoch(state_.epoch());
+        r.set_offset(producer->recent_offsets(n - 1 - static_cast<int>(back)));
+      } else {
+        r.mutable_error()->set_code(v1::ERROR_CODE_DUPLICATE);
+        r.mutable_error()->set_message("duplicate of a message older than the remembered offsets");
+      }
+      return r;
+    }
+    if (m.sequence() > last + 1) {
+      r.mutable_error()->set_code(v1::ERROR_CODE_OUT_OF_ORDER_SEQUENCE);
+      r.mutable_error()->set_message(StrCat("sequence ", m.sequence(), " after ", last,
+                                            ": an earlier message of this producer is missing"));
+      return r;
+    }
+  }
+  const uint64_t offset = state_.next_offset();
+  m.set_partition(partition_);
+  m.set_offset(offset);
+  m.set_publish_time_unix_ms(now);
+  std::string value = m.SerializeAsString();
+  batch->Put(engine_.handle(Family::kPartition), MessageKey(offset), value);
+  if (m.retain()) {
+    // MQTT 5.0 §3.3.1.3: an empty retained payload removes the retained message; the message
+    // itself is still delivered to current subscribers.
+    if (m.payload().empty()) {
+      batch->Delete(engine_.handle(Family::kPartition), RetainedKey(m.topic()));
+    } else {
+      batch->Put(engine_.handle(Family::kPartition), RetainedKey(m.topic()), value);
+    }
+  }
+  state_.set_next_offset(offset + 1);
+  state_.set_message_count(state_.message_count() + 1);
+  state_.set_message_bytes(state_.message_bytes() + value.size());
+  if (pid != 0) {
+    v1::ProducerRecord& rec = producers_[pid];
+    if (producer == nullptr) rec.Clear();  // new (or forgotten) producer
+    rec.set_last_sequence(m.sequence());
+    rec.add_recent_offsets(offset);
+    if (rec.recent_offsets_size() > options_.producer_recent_offsets) {
+      rec.mutable_recent_offsets()->erase(rec.mutable_recent_offsets()->begin());
+    }
+    rec.set_last_publish_unix_ms(now);
+    batch->Put(engine_.handle(Family::kPartition), ProducerKey(pid), rec.SerializeAsString());
+  }
+  r.set_epoch(state_.epoch());
+  r.set_offset(offset);
+  return r;
+}
+
+void PartitionStateMachine::ApplyTrim(const v1::TrimCommand& t, rocksdb::WriteBatch* batch) {
+  uint64_t before = std::min(t.before_offset(), state_.next_offset());
+  if (before <= state_.first_offset()) return;  // already trimmed (or nothing to do)
+  batch->DeleteRange(engine_.handle(Family::kPartition), MessageKey(state_.first_offset()),
+                     MessageKey(before));
+  state_.set_first_offset(before);
+  state_.set_message_count(state_.message_count() -
+                           std::min(state_.message_count(), t.removed_messages()));
+  state_.set_message_bytes(state_.message_bytes() -
+                           std::min(state_.message_bytes(), t.removed_bytes()));
+  state_.set_trimmed_messages(state_.trimmed_messages() + t.removed_messages());
+}
+
+absl::StatusOr<FetchOutput> PartitionStateMachine::Fetch(uint64_t after_offset,
+                                                         uint64_t until_offset,
+                                                         const std::vector<std::string>& filters,
+                                                         int64_t now_unix_ms,
+                                                         FetchLimits limits) const {
+  FetchOutput out;
+  uint64_t last = last_offset();
+  uint64_t end = until_offset == 0 ? last : std::min(until_offset, last);
+  uint64_t start = after_offset + 1;
+  if (start < state_.first_offset()) {
+    out.gap_to = state_.first_offset() - 1;
+    start = state_.first_offset();
+  }
+  out.evaluated_through = std::max(after_offset, out.gap_to);
+  if (start > end) return out;
+  rocksdb::ReadOptions ro;
+  std::string upper = MessageKey(end + 1);
+  rocksdb::Slice upper_slice(upper);
+  ro.iterate_upper_bound = &upper_slice;
+  auto it = engine_.NewIterator(Family::kPartition, ro);
+  uint64_t bytes = 0;
+  for (it->Seek(MessageKey(start)); it->Valid(); it->Next()) {
+    std::string_view key(it->key().data(), it->key().size());
+    key.remove_prefix(5);
+    uint64_t offset = 0;
+    storage::GetU64(&key, &offset);
+    v1::Message m;
+    if (!m.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      return absl::DataLossError(
+          StrCat("partition ", partition_, ": message ", offset, " is corrupt"));
+    }
+    if (!Expired(m, now_unix_ms) && MatchesAny(filters, m.topic())) {
+      uint64_t size = it->value().size();
+      if (!out.messages.empty() &&
+          (out.messages.size() >= limits.max_messages || bytes + size > limits.max_bytes)) {
+        return out;  // evaluated_through stays before this message
+      }
+      bytes += size;
+      out.messages.push_back(std::move(m));
+    }
+    out.evaluated_through = offset;
+  }
+  if (!it->status().ok()) return storage::FromRocks(it->status(), "fetch");
+  out.evaluated_through = end;
+  return out;
+}
+
+absl::StatusOr<std::optional<v1::Message>> PartitionStateMachine::GetRetained(
+    std::string_view topic, int64_t now_unix_ms) const {
+  auto v = engine_.Get(Family::kPartition, RetainedKey(topic));
+  if (!v.ok()) return v.status();
+  if (!v->has_value()) return std::optional<v1::Message>();
+  v1::Message m;
+  if (!m.ParseFromString(**v)) {
+    return absl::DataLossError(StrCat("partition ", partition_, ": retained message is corrupt"));
+  }
+  if (Expired(m, now_unix_ms)) return std::optional<v1::Message>();
+  return std::optional<v1::Message>(std::move(m));
+}
+
+absl::StatusOr<std::vector<v1::Message>> PartitionStateMachine::MatchRetained(
+    std::string_view filter, int64_t now_unix_ms, size_t max_messages) const {
+  std::vector<v1::Message> out;
+  if (!HasWildcard(filter)) {
+    auto one = GetRetained(filter, now_unix_ms);
+    if (!one.ok()) return one.status();
+    if (one->has_value()) out.push_back(std::move(**one));
+    return out;
+  }
+  std::string prefix = Key('r');
+  auto it = engine_.NewIterator(Family::kPartition);
+  for (it->Seek(prefix); it->Valid() && out.size() < max_messages; it->Next()) {
+    std::string_view key(it->key().data(), it->key().size());
+    if (!key.starts_with(prefix)) break;
+    std::string_view topic = key.substr(prefix.size());
+    if (!mqtt::TopicMatches(filter, topic)) continue;
+    v1::Message m;
+    if (!m.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      return absl::DataLossError(StrCat("partition ", partition_, ": retained message is corrupt"));
+    }
+    if (!Expired(m, now_unix_ms)) out.push_back(std::move(m));
+  }
+  if (!it->status().ok()) return storage::FromRocks(it->status(), "retained scan");
+  return out;
+}
+
+absl::StatusOr<std::optional<v1::TrimCommand>> PartitionStateMachine::PlanRetention(
+    int64_t now_unix_ms, int64_t max_age_ms, uint64_t max_bytes) const {
+  if (max_age_ms <= 0 && max_bytes == 0) return std::optional<v1::TrimCommand>();
+  uint64_t remaining = state_.message_bytes();
+  v1::TrimCommand trim;
+  trim.set_before_offset(state_.first_offset());
+  auto it = engine_.NewIterator(Family::kPartition);
+  for (it->Seek(MessageKey(state_.first_offset())); it->Valid(); it->Next()) {
+    std::string_view key(it->key().data(), it->key().size());
+    if (!key.starts_with(Key('m'))) break;
+    key.remove_prefix(5);
+    uint64_t offset = 0;
+    storage::GetU64(&key, &offset);
+    bool over_size = max_bytes > 0 && remaining > max_bytes;
+    bool too_old = false;
+    if (max_age_ms > 0 && !over_size) {
+      v1::Message m;
+      if (!m.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+        return absl::DataLossError(
+            StrCat("partition ", partition_, ": message ", offset, " is corrupt"));
+      }
+      too_old = m.publish_time_unix_ms() < now_unix_ms - max_age_ms;
+    }
+    if (!over_size && !too_old) break;
+    remaining -= std::min<uint64_t>(remaining, it->value().size());
+    trim.set_removed_messages(trim.removed_messages() + 1);
+    trim.set_removed_bytes(trim.removed_bytes() + it->value().size());
+    trim.set_before_offset(offset + 1);
+  }
+  if (!it->status().ok()) return storage::FromRocks(it->status(), "retention scan");
+  if (trim.removed_messages() == 0) return std::optional<v1::TrimCommand>();
+  return std::optional<v1::TrimCommand>(std::move(trim));
+}
+
+}  // namespace herald::broker

@@ -1,0 +1,125 @@
+// The state machine of one topic partition (DESIGN §2-3): applies the partition's committed
+// Raft entries and serves reads of what they built.
+//
+// Applying assigns dense offsets, stores message records, keeps the last retained message per
+// topic (an empty retained payload deletes it), judges idempotent publishes by (producer id,
+// sequence), and trims old messages as the leader's retention commands say. Every apply stages
+// its writes, including the partition's applied index, into the caller's WriteBatch, so that the
+// host writes one atomic batch per loop pass and re-applying after a crash is a no-op.
+//
+// Apply is deterministic: it depends only on the entry and the state (never on the local clock).
+//
+// Reads (Fetch, retained lookups, retention planning) see what has been written to the Engine,
+// so the host must write each batch before it serves reads that depend on it.
+//
+// Threading: owned by the loop that owns the partition's Raft group.
+#pragma once
+
+#include <rocksdb/write_batch.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "herald/v1/broker.pb.h"
+#include "herald/v1/partition.pb.h"
+#include "libs/storage/engine.h"
+
+namespace herald::broker {
+
+struct PartitionOptions {
+  // How many recent offsets each producer's record remembers, so that a retried duplicate is
+  // answered with its original offset.
+  int producer_recent_offsets = 32;
+};
+
+// What applying one entry produced, for the leader to answer the proposer.
+struct ApplyResult {
+  // One per message of a PublishCommand, in order.
+  std::vector<v1::PublishResult> publish;
+};
+
+// Bounds of one read.
+struct FetchLimits {
+  uint32_t max_messages = 1000;
+  uint64_t max_bytes = 1 << 20;
+};
+
+struct FetchOutput {
+  std::vector<v1::Message> messages;
+  // Every message with offset <= this was evaluated (returned, filtered out or expired).
+  uint64_t evaluated_through = 0;
+  // The first stored offset, when the read started below it (retention removed what was
+  // asked for): a gap to report. 0 otherwise.
+  uint64_t gap_to = 0;
+};
+
+class PartitionStateMachine {
+ public:
+  // Loads partition `partition`'s state (a fresh partition when none is stored).
+  static absl::StatusOr<std::unique_ptr<PartitionStateMachine>> Open(storage::Engine& engine,
+                                                                     uint32_t partition,
+                                                                     PartitionOptions options = {});
+
+  // Applies the committed entry at Raft index `index` whose data is a PartitionCommand.
+  // Entries at or below applied_index() are skipped (empty result). A command that cannot be
+  // decoded is a corrupt log: error, and the host must stop this replica.
+  absl::StatusOr<ApplyResult> Apply(uint64_t index, std::string_view data,
+                                    rocksdb::WriteBatch* batch);
+  // Records that the entry at `index` (a Raft no-op or membership change) was applied.
+  void ApplyOther(uint64_t index, rocksdb::WriteBatch* batch);
+
+  // Messages with after_offset < offset <= until (0: up to the last), matching any of
+  // `filters` (MQTT topic filters) and not expired at `now_unix_ms`.
+  absl::StatusOr<FetchOutput> Fetch(uint64_t after_offset, uint64_t until_offset,
+                                    const std::vector<std::string>& filters, int64_t now_unix_ms,
+                                    FetchLimits limits) const;
+  // The retained message of `topic`, if any and not expired.
+  absl::StatusOr<std::optional<v1::Message>> GetRetained(std::string_view topic,
+                                                         int64_t now_unix_ms) const;
+  // Retained messages whose topic matches `filter`, in topic order.
+  absl::StatusOr<std::vector<v1::Message>> MatchRetained(std::string_view filter,
+                                                         int64_t now_unix_ms,
+                                                         size_t max_messages) const;
+
+  // Retention: the trim that removes every message older than `max_age_ms` (0: no age limit)
+  // and the oldest messages beyond `max_bytes` in total (0: no size limit), or nothing. The
+  // leader proposes it as a TrimCommand.
+  absl::StatusOr<std::optional<v1::TrimCommand>> PlanRetention(int64_t now_unix_ms,
+                                                               int64_t max_age_ms,
+                                                               uint64_t max_bytes) const;
+
+  uint32_t partition() const { return partition_; }
+  uint64_t applied_index() const { return state_.applied_index(); }
+  const v1::PartitionStateRecord& state() const { return state_; }
+  // Offset of the last stored message (0 if none was ever stored).
+  uint64_t last_offset() const { return state_.next_offset() - 1; }
+
+ private:
+  PartitionStateMachine(storage::Engine& engine, uint32_t partition, PartitionOptions options)
+      : engine_(engine), partition_(partition), options_(options) {}
+  absl::Status Load();
+  v1::PublishResult ApplyMessage(v1::Message& m, int64_t now, rocksdb::WriteBatch* batch);
+  void ApplyTrim(const v1::TrimCommand& t, rocksdb::WriteBatch* batch);
+  v1::ProducerRecord* Producer(uint64_t producer_id);
+  void StageState(rocksdb::WriteBatch* batch);
+
+  std::string Key(char kind) const;
+  std::string MessageKey(uint64_t offset) const;
+  std::string RetainedKey(std::string_view topic) const;
+  std::string ProducerKey(uint64_t producer_id) const;
+
+  storage::Engine& engine_;
+  const uint32_t partition_;
+  const PartitionOptions options_;
+  v1::PartitionStateRecord state_;
+  // Producers touched since open (write-through cache; records also live in the Engine).
+  std::unordered_map<uint64_t, v1::ProducerRecord> producers_;
+};
+
+}  // namespace herald::broker

@@ -1,0 +1,244 @@
+#include "libs/broker/partition_state_machine.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+namespace herald::broker {
+namespace {
+
+v1::Message Msg(const std::string& topic, const std::string& payload, uint64_t producer = 0,
+                uint64_t seq = 0) {
+  v1::Message m;
+  m.set_topic(topic);
+  m.set_payload(payload);
+  m.set_producer_id(producer);
+  m.set_sequence(seq);
+  return m;
+}
+
+std::string PublishEntry(int64_t now, std::vector<v1::Message> msgs) {
+  v1::PartitionCommand c;
+  c.set_proposed_at_unix_ms(now);
+  for (auto& m : msgs) *c.mutable_publish()->add_messages() = std::move(m);
+  return c.SerializeAsString();
+}
+
+class PartitionTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/herald-broker-XXXXXX";
+    ASSERT_NE(::mkdtemp(tmpl), nullptr);
+    dir_ = tmpl;
+    Reopen();
+  }
+  void TearDown() override {
+    psm_.reset();
+    engine_.reset();
+    std::filesystem::remove_all(dir_);
+  }
+  void Reopen() {
+    psm_.reset();
+    engine_.reset();
+    auto e = storage::Engine::Open({.path = dir_, .sync = false});
+    ASSERT_TRUE(e.ok()) << e.status();
+    engine_ = std::move(*e);
+    auto p = PartitionStateMachine::Open(*engine_, 3);
+    ASSERT_TRUE(p.ok()) << p.status();
+    psm_ = std::move(*p);
+  }
+  // Applies one entry and writes its batch, as the host does.
+  ApplyResult Apply(uint64_t index, const std::string& data) {
+    rocksdb::WriteBatch b;
+    auto r = psm_->Apply(index, data, &b);
+    EXPECT_TRUE(r.ok()) << r.status();
+    EXPECT_TRUE(engine_->Write(&b).ok());
+    return r.ok() ? *r : ApplyResult{};
+  }
+  std::vector<v1::Message> FetchAll(const std::string& filter, int64_t now = 2000) {
+    auto f = psm_->Fetch(0, 0, {filter}, now, {});
+    EXPECT_TRUE(f.ok()) << f.status();
+    return f.ok() ? f->messages : std::vector<v1::Message>{};
+  }
+
+  std::string dir_;
+  std::unique_ptr<storage::Engine> engine_;
+  std::unique_ptr<PartitionStateMachine> psm_;
+};
+
+TEST_F(PartitionTest, MessagesGetDenseOffsetsAndTheLeadersPublishTime) {
+  auto r = Apply(5, PublishEntry(1000, {Msg("a/b", "1"), Msg("a/c", "2"), Msg("x", "3")}));
+  ASSERT_EQ(r.publish.size(), 3u);
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(r.publish[i].offset(), static_cast<uint64_t>(i + 1));
+    EXPECT_EQ(r.publish[i].epoch(), 1u);
+    EXPECT_EQ(r.publish[i].partition(), 3u);
+    EXPECT_FALSE(r.publish[i].has_error());
+  }
+  auto msgs = FetchAll("a/+");
+  ASSERT_EQ(msgs.size(), 2u);
+  EXPECT_EQ(msgs[0].payload(), "1");
+  EXPECT_EQ(msgs[0].publish_time_unix_ms(), 1000);
+  EXPECT_EQ(msgs[1].offset(), 2u);
+  EXPECT_EQ(psm_->state().message_count(), 3u);
+}
+
+TEST_F(PartitionTest, ReplayedEntriesAreNoOpsAfterReopen) {
+  std::string e1 = PublishEntry(1000, {Msg("t", "a")});
+  std::string e2 = PublishEntry(1001, {Msg("t", "b")});
+  Apply(1, e1);
+  Apply(2, e2);
+  Reopen();
+  EXPECT_EQ(psm_->applied_index(), 2u);
+  // A crash before the host learned that 1 and 2 were applied makes it replay them.
+  EXPECT_TRUE(Apply(1, e1).publish.empty());
+  EXPECT_TRUE(Apply(2, e2).publish.empty());
+  auto r = Apply(3, PublishEntry(1002, {Msg("t", "c")}));
+  EXPECT_EQ(r.publish[0].offset(), 3u);
+  EXPECT_EQ(FetchAll("t").size(), 3u);
+}
+
+TEST_F(PartitionTest, IdempotentPublishDropsDuplicatesAndReportsTheOriginalOffset) {
+  Apply(1, PublishEntry(1000, {Msg("t", "a", 77, 1), Msg("t", "b", 77, 2)}));
+  Reopen();  // the producer table is durable, not just in memory
+  auto r = Apply(2, PublishEntry(1001, {Msg("t", "b", 77, 2), Msg("t", "c", 77, 3)}));
+  ASSERT_EQ(r.publish.size(), 2u);
+  EXPECT_TRUE(r.publish[0].duplicate());
+  EXPECT_EQ(r.publish[0].offset(), 2u);
+  EXPECT_FALSE(r.publish[0].has_error());
+  EXPECT_FALSE(r.publish[1].duplicate());
+  EXPECT_EQ(r.publish[1].offset(), 3u);
+  auto msgs = FetchAll("t");
+  ASSERT_EQ(msgs.size(), 3u);
+  EXPECT_EQ(msgs[2].payload(), "c");
+}
+
+TEST_F(PartitionTest, SequenceGapIsRefusedAndNothingIsAppended) {
+  Apply(1, PublishEntry(1000, {Msg("t", "a", 9, 10)}));  // unknown producer: any start
+  auto r = Apply(2, PublishEntry(1001, {Msg("t", "b", 9, 12)}));
+  ASSERT_EQ(r.publish.size(), 1u);
+  EXPECT_EQ(r.publish[0].error().code(), v1::ERROR_CODE_OUT_OF_ORDER_SEQUENCE);
+  EXPECT_EQ(r.publish[0].offset(), 0u);
+  EXPECT_EQ(FetchAll("t").size(), 1u);
+}
+
+TEST_F(PartitionTest, VeryOldDuplicateIsStillNotAppended) {
+  std::vector<v1::Message> many;
+  for (uint64_t s = 1; s <= 100; ++s) many.push_back(Msg("t", "x", 5, s));
+  Apply(1, PublishEntry(1000, many));
+  auto r = Apply(2, PublishEntry(1001, {Msg("t", "x", 5, 1)}));
+  EXPECT_TRUE(r.publish[0].duplicate());
+  EXPECT_EQ(r.publish[0].error().code(), v1::ERROR_CODE_DUPLICATE);
+  EXPECT_EQ(psm_->state().message_count(), 100u);
+}
+
+TEST_F(PartitionTest, RetainedMessageIsReplacedByNewerRetainAndDeletedByEmptyPayload) {
+  v1::Message r1 = Msg("home/temp", "20");
+  r1.set_retain(true);
+  v1::Message r2 = Msg("home/temp", "21");
+  r2.set_retain(true);
+  v1::Message other = Msg("home/hum", "40");
+  other.set_retain(true);
+  Apply(1, PublishEntry(1000, {r1, r2, other, Msg("home/temp", "not retained")}));
+  auto got = psm_->GetRetained("home/temp", 2000);
+  ASSERT_TRUE(got.ok());
+  ASSERT_TRUE(got->has_value());
+  EXPECT_EQ((*got)->payload(), "21");
+  auto all = psm_->MatchRetained("home/#", 2000, 100);
+  ASSERT_TRUE(all.ok());
+  EXPECT_EQ(all->size(), 2u);
+
+  v1::Message del = Msg("home/temp", "");
+  del.set_retain(true);
+  Apply(2, PublishEntry(1001, {del}));
+  EXPECT_FALSE(psm_->GetRetained("home/temp", 2000)->has_value());
+  // The empty retained publish is still a message that subscribers receive.
+  EXPECT_EQ(FetchAll("home/temp").size(), 4u);
+}
+
+TEST_F(PartitionTest, ExpiredMessagesAreNotReturned) {
+  v1::Message short_lived = Msg("t", "short");
+  short_lived.set_expiry_interval_s(10);
+  v1::Message retained = Msg("r", "keep");
+  retained.set_retain(true);
+  retained.set_expiry_interval_s(10);
+  Apply(1, PublishEntry(1000, {short_lived, Msg("t", "forever"), retained}));
+  EXPECT_EQ(FetchAll("t", 5000).size(), 2u);
+  auto later = FetchAll("t", 1000 + 10'000);
+  ASSERT_EQ(later.size(), 1u);
+  EXPECT_EQ(later[0].payload(), "forever");
+  EXPECT_TRUE(psm_->GetRetained("r", 5000)->has_value());
+  EXPECT_FALSE(psm_->GetRetained("r", 11'000)->has_value());
+}
+
+TEST_F(PartitionTest, FetchHonoursLimitsAndReportsHowFarItEvaluated) {
+  std::vector<v1::Message> msgs;
+  for (int i = 0; i < 10; ++i) msgs.push_back(Msg(i % 2 ? "odd" : "even", std::to_string(i)));
+  Apply(1, PublishEntry(1000, msgs));
+  auto f = psm_->Fetch(0, 0, {"odd"}, 2000, {.max_messages = 2, .max_bytes = 1 << 20});
+  ASSERT_TRUE(f.ok());
+  ASSERT_EQ(f->messages.size(), 2u);
+  EXPECT_EQ(f->messages[1].offset(), 4u);
+  // Offset 5 ("even") may have been looked at, but 6 ("odd") was not returned: resume after 5
+  // at most, and never skip 6.
+  EXPECT_GE(f->evaluated_through, 4u);
+  EXPECT_LT(f->evaluated_through, 6u);
+  auto rest = psm_->Fetch(f->evaluated_through, 0, {"odd"}, 2000, {});
+  ASSERT_TRUE(rest.ok());
+  ASSERT_EQ(rest->messages.size(), 3u);
+  EXPECT_EQ(rest->messages[0].offset(), 6u);
+  EXPECT_EQ(rest->evaluated_through, 10u);
+  auto none = psm_->Fetch(0, 0, {"nobody"}, 2000, {});
+  EXPECT_TRUE(none->messages.empty());
+  EXPECT_EQ(none->evaluated_through, 10u);
+  auto until = psm_->Fetch(0, 3, {"#"}, 2000, {});
+  EXPECT_EQ(until->messages.size(), 3u);
+}
+
+TEST_F(PartitionTest, DollarTopicsDoNotMatchLeadingWildcards) {
+  Apply(1, PublishEntry(1000, {Msg("$SYS/broker/load", "1"), Msg("a", "2")}));
+  EXPECT_EQ(FetchAll("#").size(), 1u);
+  EXPECT_EQ(FetchAll("$SYS/#").size(), 1u);
+}
+
+TEST_F(PartitionTest, RetentionTrimsByAgeAndSizeAndReadersSeeTheGap) {
+  std::vector<v1::Message> msgs;
+  for (int i = 0; i < 10; ++i) msgs.push_back(Msg("t", std::string(100, 'a' + i)));
+  Apply(1, PublishEntry(1000, {msgs.begin(), msgs.begin() + 5}));
+  Apply(2, PublishEntry(9000, {msgs.begin() + 5, msgs.end()}));
+  // Age: everything published before 10000 - 5000 goes.
+  auto plan = psm_->PlanRetention(10'000, 5000, 0);
+  ASSERT_TRUE(plan.ok());
+  ASSERT_TRUE(plan->has_value());
+  EXPECT_EQ((*plan)->before_offset(), 6u);
+  EXPECT_EQ((*plan)->removed_messages(), 5u);
+  v1::PartitionCommand trim;
+  trim.set_proposed_at_unix_ms(10'000);
+  *trim.mutable_trim() = **plan;
+  Apply(3, trim.SerializeAsString());
+  EXPECT_EQ(psm_->state().first_offset(), 6u);
+  EXPECT_EQ(psm_->state().message_count(), 5u);
+  EXPECT_EQ(psm_->state().trimmed_messages(), 5u);
+  auto f = psm_->Fetch(2, 0, {"t"}, 10'000, {});
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(f->gap_to, 5u);
+  ASSERT_EQ(f->messages.size(), 5u);
+  EXPECT_EQ(f->messages[0].offset(), 6u);
+
+  // Size: keep at most ~3 messages' worth.
+  uint64_t one = psm_->state().message_bytes() / 5;
+  auto by_size = psm_->PlanRetention(10'000, 0, 3 * one);
+  ASSERT_TRUE(by_size->has_value());
+  EXPECT_EQ((*by_size)->before_offset(), 8u);
+  // Nothing to do when within limits.
+  EXPECT_FALSE(psm_->PlanRetention(10'000, 0, 100 * one)->has_value());
+}
+
+TEST_F(PartitionTest, CorruptEntryIsAnErrorNotACrash) {
+  rocksdb::WriteBatch b;
+  auto r = psm_->Apply(1, std::string("\xff\xff\xff\x01garbage", 11), &b);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDataLoss);
+}
+
+}  // namespace
+}  // namespace herald::broker

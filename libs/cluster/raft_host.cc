@@ -1,0 +1,308 @@
+#include "libs/cluster/raft_host.h"
+
+#include <spdlog/spdlog.h>
+
+#include <future>
+
+#include "libs/common/logging.h"
+#include "libs/common/strings.h"
+
+namespace herald::cluster {
+
+struct RaftHost::Group {
+  GroupId id = 0;
+  uint32_t partition = 0;
+  std::unique_ptr<storage::RaftLogStore> log;
+  std::unique_ptr<broker::PartitionStateMachine> sm;
+  std::unique_ptr<raft::Node> node;
+  // Proposals this node appended as leader, by log index, awaiting their apply.
+  std::map<uint64_t, PendingProposal> pending;
+  bool was_leader = false;
+};
+
+namespace {
+
+// A storage failure leaves the in-memory Raft state ahead of the disk: the only safe reaction
+// is to stop the process and recover from what is durable.
+[[noreturn]] void Fatal(const std::string& what, const absl::Status& s) {
+  spdlog::critical("raft host: {}: {}", what, s);
+  spdlog::default_logger()->flush();
+  std::abort();
+}
+
+}  // namespace
+
+RaftHost::RaftHost(storage::Engine& engine, Transport& transport, RaftHostOptions options,
+                   Clock& clock)
+    : engine_(engine), transport_(transport), options_(options), clock_(clock) {}
+
+RaftHost::~RaftHost() { Stop(); }
+
+absl::Status RaftHost::AddPartitionGroup(GroupId id, uint32_t partition,
+                                         std::vector<raft::NodeId> initial_voters) {
+  if (groups_.count(id) != 0) return absl::AlreadyExistsError(StrCat("group ", id, " exists"));
+  auto g = std::make_unique<Group>();
+  g->id = id;
+  g->partition = partition;
+  auto log = storage::RaftLogStore::Load(engine_, id);
+  if (!log.ok()) return log.status();
+  g->log = std::move(*log);
+  auto sm = broker::PartitionStateMachine::Open(engine_, partition);
+  if (!sm.ok()) return sm.status();
+  g->sm = std::move(*sm);
+  bool fresh = g->log->LastIndex() == 0 && g->log->hard_state().IsEmpty();
+  if (fresh && !initial_voters.empty()) {
+    std::sort(initial_voters.begin(), initial_voters.end());
+    raft::ConfState cs;
+    cs.voters = initial_voters;
+    rocksdb::WriteBatch batch;
+    absl::Status s = g->log->ApplySnapshot(raft::MemoryStorage::BootstrapSnapshot(cs), &batch);
+    if (s.ok()) s = engine_.Write(&batch);
+    if (!s.ok()) return s;
+  }
+  raft::Config cfg;
+  cfg.id = options_.node_id;
+  cfg.storage = g->log.get();
+  cfg.election_tick = options_.election_ticks;
+  cfg.heartbeat_tick = options_.heartbeat_ticks;
+  cfg.applied = g->sm->applied_index();
+  cfg.max_uncommitted_entries = options_.max_uncommitted_entries;
+  cfg.random_seed =
+      options_.random_seed != 0 ? options_.random_seed + id : options_.node_id * 1000003 + id;
+  auto node = raft::Node::Create(cfg);
+  if (!node.ok()) return node.status();
+  g->node = std::move(*node);
+  groups_[id] = std::move(g);
+  return absl::OkStatus();
+}
+
+absl::Status RaftHost::Start() {
+  std::lock_guard<std::mutex> l(mu_);
+  if (running_) return absl::FailedPreconditionError("raft host already running");
+  running_ = true;
+  thread_ = std::thread([this] { Run(); });
+  return absl::OkStatus();
+}
+
+void RaftHost::Stop() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!running_) return;
+    inbox_.stop = true;
+  }
+  cv_.notify_one();
+  thread_.join();
+  std::lock_guard<std::mutex> l(mu_);
+  running_ = false;
+  // Proposals that never reached the thread.
+  for (auto& [g, cmd, done] : inbox_.proposals) {
+    done({absl::UnavailableError("raft host stopped"), 0, {}});
+  }
+  inbox_ = Inbox();
+}
+
+void RaftHost::Deliver(GroupId group, raft::Message message) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!running_) return;
+    inbox_.messages.emplace_back(group, std::move(message));
+  }
+  cv_.notify_one();
+}
+
+void RaftHost::Propose(GroupId group, std::string command, ProposalCallback done) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (running_ && !inbox_.stop) {
+      inbox_.proposals.emplace_back(group, std::move(command), std::move(done));
+      done = nullptr;
+    }
+  }
+  if (done) {
+    done({absl::UnavailableError("raft host is not running"), 0, {}});
+    return;
+  }
+  cv_.notify_one();
+}
+
+void RaftHost::TransferLeadership(GroupId group, raft::NodeId to) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (!running_) return;
+  inbox_.tasks.push_back([this, group, to] {
+    auto it = groups_.find(group);
+    if (it != groups_.end()) it->second->node->TransferLeadership(to).IgnoreError();
+  });
+  cv_.notify_one();
+}
+
+bool RaftHost::WithPartition(GroupId group,
+                             const std::function<void(broker::PartitionStateMachine&)>& fn) {
+  std::promise<bool> done;
+  auto f = done.get_future();
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!running_ || inbox_.stop) return false;
+    inbox_.tasks.push_back([&] {
+      auto it = groups_.find(group);
+      if (it == groups_.end()) {
+        done.set_value(false);
+        return;
+      }
+      fn(*it->second->sm);
+      done.set_value(true);
+    });
+  }
+  cv_.notify_one();
+  return f.get();
+}
+
+std::vector<GroupStatus> RaftHost::Status() {
+  std::promise<std::vector<GroupStatus>> done;
+  auto f = done.get_future();
+  auto collect = [this] {
+    std::vector<GroupStatus> out;
+    for (auto& [id, g] : groups_) {
+      out.push_back(GroupStatus{id, g->node->role(), g->node->leader(), g->node->term(),
+                                g->node->committed(), g->sm->applied_index(), g->node->last_index(),
+                                g->node->conf_state()});
+    }
+    return out;
+  };
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!running_ || inbox_.stop) return collect();
+    inbox_.tasks.push_back([&] { done.set_value(collect()); });
+  }
+  cv_.notify_one();
+  return f.get();
+}
+
+void RaftHost::Run() {
+  auto next_tick = clock_.Now() + options_.tick;
+  while (true) {
+    Inbox inbox;
+    {
+      std::unique_lock<std::mutex> l(mu_);
+      auto has_work = [this] {
+        return inbox_.stop || !inbox_.messages.empty() || !inbox_.proposals.empty() ||
+               !inbox_.tasks.empty();
+      };
+      // The clock may be a test clock; wait in real time slices of at most one tick.
+      if (!has_work()) cv_.wait_for(l, options_.tick, has_work);
+      std::swap(inbox, inbox_);
+    }
+    // Ticks that are due. After a long stall, do not replay a storm of ticks.
+    int ticks = 0;
+    auto now = clock_.Now();
+    while (now >= next_tick && ticks <= options_.election_ticks) {
+      ++ticks;
+      next_tick += options_.tick;
+    }
+    if (now >= next_tick) next_tick = now + options_.tick;
+    for (auto& [id, g] : groups_) {
+      for (int i = 0; i < ticks; ++i) g->node->Tick();
+    }
+    RunPass(inbox);
+    if (inbox.stop) break;
+  }
+  for (auto& [id, g] : groups_)
+    FailPending(*g, absl::UnavailableError("raft host stopped; outcome unknown"));
+}
+
+void RaftHost::FailPending(Group& g, const absl::Status& why) {
+  auto pending = std::move(g.pending);
+  g.pending.clear();
+  for (auto& [index, p] : pending) p.done({why, g.node->leader(), {}});
+}
+
+void RaftHost::RunPass(Inbox& inbox) {
+  for (auto& [group, m] : inbox.messages) {
+    auto it = groups_.find(group);
+    if (it != groups_.end()) it->second->node->Step(std::move(m)).IgnoreError();
+  }
+  for (auto& task : inbox.tasks) task();
+  for (auto& [group, cmd, done] : inbox.proposals) {
+    auto it = groups_.find(group);
+    if (it == groups_.end()) {
+      done({absl::NotFoundError(StrCat("no group ", group, " on this node")), 0, {}});
+      continue;
+    }
+    Group& g = *it->second;
+    if (g.node->role() != raft::Role::kLeader) {
+      done({absl::UnavailableError("not leader"), g.node->leader(), {}});
+      continue;
+    }
+    absl::Status s = g.node->Propose(std::move(cmd));
+    if (!s.ok()) {
+      done({s, g.node->leader(), {}});
+      continue;
+    }
+    g.pending[g.node->last_index()] = PendingProposal{g.node->term(), std::move(done)};
+  }
+
+  // Collect every group's Ready into one batch.
+  struct Applied {
+    Group* group;
+    uint64_t index;
+    uint64_t term;
+    broker::ApplyResult result;
+  };
+  std::vector<std::pair<Group*, raft::Ready>> readies;
+  std::vector<Applied> applied;
+  rocksdb::WriteBatch batch;
+  for (auto& [id, gp] : groups_) {
+    Group& g = *gp;
+    if (!g.node->HasReady()) continue;
+    raft::Ready rd = g.node->GetReady();
+    absl::Status s = g.log->StageReady(rd, &batch);
+    if (!s.ok()) Fatal(StrCat("group ", id, ": staging Ready"), s);
+    if (!rd.snapshot.IsEmpty() && !rd.snapshot.data.empty()) {
+      Fatal(StrCat("group ", id, ": received a partition snapshot"),
+            absl::UnimplementedError("installing partition snapshots is not supported yet"));
+    }
+    for (const raft::Entry& e : rd.committed_entries) {
+      if (e.type == raft::EntryType::kNormal && !e.data.empty()) {
+        auto r = g.sm->Apply(e.index, e.data, &batch);
+        if (!r.ok()) Fatal(StrCat("group ", id, ": applying entry ", e.index), r.status());
+        applied.push_back(Applied{&g, e.index, e.term, std::move(*r)});
+      } else {
+        g.sm->ApplyOther(e.index, &batch);
+        applied.push_back(Applied{&g, e.index, e.term, {}});
+      }
+    }
+    readies.emplace_back(&g, std::move(rd));
+  }
+  if (readies.empty()) return;
+  absl::Status s = engine_.Write(&batch);
+  if (!s.ok()) Fatal("group commit write", s);
+
+  for (auto& [g, rd] : readies) {
+    for (raft::Message& m : rd.messages) transport_.Send(g->id, std::move(m));
+  }
+  transport_.Flush();
+
+  for (Applied& a : applied) {
+    auto it = a.group->pending.find(a.index);
+    if (it == a.group->pending.end()) continue;
+    PendingProposal p = std::move(it->second);
+    a.group->pending.erase(it);
+    if (p.term == a.term) {
+      p.done({absl::OkStatus(), 0, std::move(a.result)});
+    } else {
+      // Another leader's entry committed at this index: ours never will.
+      p.done({absl::UnavailableError("proposal was superseded by a new leader; not committed"),
+              a.group->node->leader(),
+              {}});
+    }
+  }
+  for (auto& [g, rd] : readies) {
+    bool leader = g->node->role() == raft::Role::kLeader;
+    if (g->was_leader && !leader) {
+      FailPending(*g, absl::UnavailableError("leadership lost; outcome unknown"));
+    }
+    g->was_leader = leader;
+    g->node->Advance(rd);
+  }
+}
+
+}  // namespace herald::cluster
