@@ -156,6 +156,37 @@ bool RaftHost::WithPartition(GroupId group,
   return f.get();
 }
 
+void RaftHost::ReadAsync(GroupId group, ReadFn fn) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (running_ && !inbox_.stop) {
+      inbox_.tasks.push_back([this, group, fn = std::move(fn)] {
+        auto it = groups_.find(group);
+        if (it == groups_.end()) {
+          fn(nullptr, nullptr);
+          return;
+        }
+        Group& g = *it->second;
+        GroupStatus st{group,
+                       g.node->role(),
+                       g.node->leader(),
+                       g.node->term(),
+                       g.node->committed(),
+                       g.sm->applied_index(),
+                       g.node->last_index(),
+                       g.node->conf_state()};
+        fn(g.sm.get(), &st);
+      });
+      fn = nullptr;
+    }
+  }
+  if (fn) {
+    fn(nullptr, nullptr);
+    return;
+  }
+  cv_.notify_one();
+}
+
 std::vector<GroupStatus> RaftHost::Status() {
   std::promise<std::vector<GroupStatus>> done;
   auto f = done.get_future();

@@ -110,6 +110,12 @@ class RaftHost {
 
   std::vector<GroupStatus> Status();
 
+  // Runs `fn` on the host's thread, soon, with the group's state machine and status (nullptrs
+  // when the group is unknown or the host is stopping: `fn` then runs on the caller's thread).
+  // For reads that must not block the caller. Thread-safe.
+  using ReadFn = std::function<void(broker::PartitionStateMachine*, const GroupStatus*)>;
+  void ReadAsync(GroupId group, ReadFn fn);
+
  private:
   struct Group;
   struct PendingProposal {

@@ -1,8 +1,16 @@
-// herald: the all-in-one broker (one core node and one edge in one process). Today it runs the
-// process skeleton: configuration, event loops and the admin endpoint.
+// herald: the all-in-one broker: one core node (every partition, one replica) and, as they come,
+// the edge's client protocols, in one process.
+#include <memory>
+
+#include "libs/cluster/core_node.h"
 #include "libs/service/service_main.h"
 
 int main(int argc, char** argv, char** envp) {
+  herald::cluster::CoreNodeConfig core;
+  core.partitions = 8;
+  core.replication_factor = 1;
+  std::unique_ptr<herald::cluster::CoreNode> node;
+
   herald::service::ServiceSpec spec;
   spec.component = "herald";
   spec.usage =
@@ -10,5 +18,11 @@ int main(int argc, char** argv, char** envp) {
       "usage: herald [--config FILE] [--option=value ...]";
   spec.default_admin_listen = "0.0.0.0:8081";
   spec.default_data_dir = "var/herald";
+  spec.add_options = [&](herald::ConfigSchema& schema) { core.AddOptions(schema); };
+  spec.start = [&](herald::service::ServiceContext& ctx) {
+    node = std::make_unique<herald::cluster::CoreNode>(core);
+    return node->Start(ctx.config.data_dir);
+  };
+  spec.stop = [&] { node.reset(); };
   return herald::service::ServiceMain(argc, argv, envp, spec);
 }

@@ -18,112 +18,15 @@
 
 #include "libs/net/socket_address.h"
 #include "libs/net/test_util.h"
-
-extern char** environ;
+#include "tests/support/process.h"
 
 namespace herald {
 namespace {
 
+using testing::HttpGet;
+using testing::Process;
+
 using namespace std::chrono_literals;
-
-// A child process whose stderr is captured through a pipe.
-class Process {
- public:
-  Process(const std::string& binary, const std::vector<std::string>& args) {
-    int fds[2];
-    EXPECT_EQ(::pipe2(fds, O_CLOEXEC), 0);
-    posix_spawn_file_actions_t fa;
-    posix_spawn_file_actions_init(&fa);
-    posix_spawn_file_actions_adddup2(&fa, fds[1], 2);
-    std::vector<std::string> all = {binary};
-    all.insert(all.end(), args.begin(), args.end());
-    std::vector<char*> argv;
-    for (auto& a : all) argv.push_back(a.data());
-    argv.push_back(nullptr);
-    std::string path = std::string(HERALD_BIN_DIR) + "/" + binary;
-    int rc = posix_spawn(&pid_, path.c_str(), &fa, nullptr, argv.data(), environ);
-    EXPECT_EQ(rc, 0) << path;
-    posix_spawn_file_actions_destroy(&fa);
-    ::close(fds[1]);
-    err_fd_ = fds[0];
-  }
-  ~Process() {
-    if (pid_ > 0 && !exited_) {
-      ::kill(pid_, SIGKILL);
-      ::waitpid(pid_, nullptr, 0);
-    }
-    ::close(err_fd_);
-  }
-
-  // Reads stderr until `pattern` matches a line; returns the match's first group ("" on timeout).
-  std::string WaitForLine(const std::string& pattern, std::chrono::milliseconds timeout = 15s) {
-    std::regex re(pattern);
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (true) {
-      size_t nl;
-      while ((nl = pending_.find('\n')) != std::string::npos) {
-        std::string line = pending_.substr(0, nl);
-        pending_.erase(0, nl + 1);
-        log_ += line + "\n";
-        std::smatch m;
-        if (std::regex_search(line, m, re)) return m.size() > 1 ? m[1].str() : m[0].str();
-      }
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-          deadline - std::chrono::steady_clock::now());
-      if (left <= 0ms) return "";
-      pollfd p{err_fd_, POLLIN, 0};
-      if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) return "";
-      char buf[4096];
-      ssize_t n = ::read(err_fd_, buf, sizeof(buf));
-      if (n <= 0) return "";
-      pending_.append(buf, static_cast<size_t>(n));
-    }
-  }
-
-  // Waits for exit; returns the exit status, or -1 on timeout / death by signal.
-  int Wait(std::chrono::milliseconds timeout) {
-    auto deadline = std::chrono::steady_clock::now() + timeout;
-    while (std::chrono::steady_clock::now() < deadline) {
-      int status = 0;
-      pid_t r = ::waitpid(pid_, &status, WNOHANG);
-      if (r == pid_) {
-        exited_ = true;
-        DrainStderr();
-        return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-      }
-      std::this_thread::sleep_for(10ms);
-    }
-    return -1;
-  }
-
-  void Signal(int sig) { ::kill(pid_, sig); }
-  const std::string& log() { return log_; }
-
- private:
-  void DrainStderr() {
-    char buf[4096];
-    ssize_t n;
-    while ((n = ::read(err_fd_, buf, sizeof(buf))) > 0)
-      pending_.append(buf, static_cast<size_t>(n));
-    log_ += pending_;
-    pending_.clear();
-  }
-  pid_t pid_ = -1;
-  int err_fd_ = -1;
-  bool exited_ = false;
-  std::string pending_, log_;
-};
-
-std::string HttpGet(const std::string& address, const std::string& path) {
-  auto addr = net::SocketAddress::Parse(address);
-  if (!addr.ok()) return "";
-  int fd = net::testing::ConnectBlocking(*addr);
-  if (fd < 0) return "";
-  net::testing::WriteAll(fd, "GET " + path + " HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-  std::string r = net::testing::ReadToEof(fd);
-  ::close(fd);
-  return r;
-}
 
 class ServiceProcessTest : public ::testing::Test {
  protected:
@@ -139,7 +42,8 @@ class ServiceProcessTest : public ::testing::Test {
 constexpr char kAdminLine[] = R"(admin listening on (127\.0\.0\.1:\d+))";
 
 TEST_F(ServiceProcessTest, HeraldServesHealthAndMetricsAndStopsOnSigterm) {
-  Process p("herald", {"--admin.listen=127.0.0.1:0", "--data_dir=" + dir_ + "/data"});
+  Process p("herald", {"--admin.listen=127.0.0.1:0", "--core.listen=127.0.0.1:0",
+                       "--data_dir=" + dir_ + "/data"});
   std::string admin = p.WaitForLine(kAdminLine);
   ASSERT_FALSE(admin.empty()) << p.log();
   ASSERT_FALSE(p.WaitForLine("herald ready").empty()) << p.log();
@@ -162,7 +66,8 @@ TEST_F(ServiceProcessTest, HeraldServesHealthAndMetricsAndStopsOnSigterm) {
 }
 
 TEST_F(ServiceProcessTest, HeraldStopsOnSigintWithOpenAdminConnections) {
-  Process p("herald", {"--admin.listen=127.0.0.1:0", "--data_dir=" + dir_});
+  Process p("herald",
+            {"--admin.listen=127.0.0.1:0", "--core.listen=127.0.0.1:0", "--data_dir=" + dir_});
   std::string admin = p.WaitForLine(kAdminLine);
   ASSERT_FALSE(admin.empty()) << p.log();
   // An idle keep-alive connection must not hold up the stop.
@@ -174,9 +79,11 @@ TEST_F(ServiceProcessTest, HeraldStopsOnSigintWithOpenAdminConnections) {
 }
 
 TEST_F(ServiceProcessTest, SecondProcessOnTheSameDataDirIsRefused) {
-  Process first("herald", {"--admin.listen=127.0.0.1:0", "--data_dir=" + dir_});
+  Process first("herald",
+                {"--admin.listen=127.0.0.1:0", "--core.listen=127.0.0.1:0", "--data_dir=" + dir_});
   ASSERT_FALSE(first.WaitForLine("herald ready").empty()) << first.log();
-  Process second("herald", {"--admin.listen=127.0.0.1:0", "--data_dir=" + dir_});
+  Process second("herald",
+                 {"--admin.listen=127.0.0.1:0", "--core.listen=127.0.0.1:0", "--data_dir=" + dir_});
   EXPECT_EQ(second.Wait(10s), 1);
   EXPECT_NE(second.log().find("is in use by another process"), std::string::npos) << second.log();
   first.Signal(SIGTERM);
@@ -210,7 +117,8 @@ TEST_F(ServiceProcessTest, ConfigFileIsReadAndFlagsOverrideIt) {
   FILE* f = std::fopen(cfg.c_str(), "w");
   std::fputs("admin:\n  listen: 127.0.0.1:1\nlog:\n  level: debug\nnet:\n  loops: 1\n", f);
   std::fclose(f);
-  Process p("herald", {"--config=" + cfg, "--admin.listen=127.0.0.1:0", "--data_dir=" + dir_});
+  Process p("herald", {"--config=" + cfg, "--admin.listen=127.0.0.1:0", "--core.listen=127.0.0.1:0",
+                       "--data_dir=" + dir_});
   ASSERT_FALSE(p.WaitForLine(kAdminLine).empty()) << p.log();
   EXPECT_NE(p.log().find("1 event loops"), std::string::npos) << p.log();
   p.Signal(SIGTERM);
@@ -218,12 +126,14 @@ TEST_F(ServiceProcessTest, ConfigFileIsReadAndFlagsOverrideIt) {
 }
 
 TEST_F(ServiceProcessTest, AdminPortInUseIsAClearStartupError) {
-  Process first("herald", {"--admin.listen=127.0.0.1:0", "--data_dir=" + dir_ + "/a"});
+  Process first("herald", {"--admin.listen=127.0.0.1:0", "--core.listen=127.0.0.1:0",
+                           "--data_dir=" + dir_ + "/a"});
   std::string admin = first.WaitForLine(kAdminLine);
   ASSERT_FALSE(admin.empty()) << first.log();
   // Listeners use SO_REUSEPORT among their own loops; a second process must still not be able
   // to join the port and take part of its connections.
-  Process second("herald", {"--admin.listen=" + admin, "--data_dir=" + dir_ + "/b"});
+  Process second("herald", {"--admin.listen=" + admin, "--core.listen=127.0.0.1:0",
+                            "--data_dir=" + dir_ + "/b"});
   EXPECT_EQ(second.Wait(10s), 1);
   EXPECT_NE(second.log().find("address already in use"), std::string::npos) << second.log();
   first.Signal(SIGTERM);
@@ -233,6 +143,7 @@ TEST_F(ServiceProcessTest, AdminPortInUseIsAClearStartupError) {
 TEST_F(ServiceProcessTest, CoreAndEdgeStartServeAndStop) {
   for (const char* bin : {"herald-core", "herald-edge"}) {
     std::vector<std::string> args = {"--admin.listen=127.0.0.1:0"};
+    if (std::string(bin) == "herald-core") args.push_back("--core.listen=127.0.0.1:0");
     if (std::string(bin) == "herald-core") args.push_back("--data_dir=" + dir_ + "/core");
     Process p(bin, args);
     std::string admin = p.WaitForLine(kAdminLine);

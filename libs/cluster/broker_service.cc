@@ -1,0 +1,202 @@
+#include "libs/cluster/broker_service.h"
+
+#include <atomic>
+
+#include "libs/common/partitioning.h"
+#include "libs/common/strings.h"
+#include "libs/protocol/mqtt/topic.h"
+
+namespace herald::cluster {
+namespace {
+
+int64_t UnixMs(Clock& clock) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(clock.WallNow().time_since_epoch())
+      .count();
+}
+
+void SetError(v1::ErrorInfo* e, v1::ErrorCode code, std::string message) {
+  e->set_code(code);
+  e->set_message(std::move(message));
+}
+
+}  // namespace
+
+BrokerService::BrokerService(RaftHost& host, BrokerServiceOptions options, Clock& clock)
+    : host_(host), options_(std::move(options)), clock_(clock) {}
+
+void BrokerService::SetNotLeader(raft::NodeId leader, uint64_t term, v1::ErrorInfo* error) const {
+  SetError(error, v1::ERROR_CODE_NOT_LEADER, "this node does not lead the partition");
+  if (leader == 0) return;
+  v1::LeaderHint* hint = error->mutable_leader_hint();
+  hint->set_node_id(leader);
+  hint->set_term(term);
+  auto it = options_.broker_addresses.find(leader);
+  if (it != options_.broker_addresses.end()) {
+    const std::string& addr = it->second;
+    size_t colon = addr.rfind(':');
+    hint->mutable_endpoint()->set_host(addr.substr(0, colon));
+    hint->mutable_endpoint()->set_port(
+        colon == std::string::npos ? 0 : std::stoul(addr.substr(colon + 1)));
+  }
+}
+
+grpc::ServerUnaryReactor* BrokerService::Publish(grpc::CallbackServerContext* ctx,
+                                                 const v1::PublishRequest* request,
+                                                 v1::PublishResponse* response) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  const int n = request->messages_size();
+  if (static_cast<uint32_t>(n) > options_.max_messages_per_request) {
+    reactor->Finish(grpc::Status(
+        grpc::StatusCode::INVALID_ARGUMENT,
+        StrCat("at most ", options_.max_messages_per_request, " messages per request")));
+    return reactor;
+  }
+  std::map<uint32_t, std::vector<int>> by_partition;
+  for (int i = 0; i < n; ++i) {
+    v1::PublishResult* r = response->add_results();
+    const v1::Message& m = request->messages(i);
+    uint32_t p = PartitionFor(m.topic(), options_.partition_count);
+    r->set_partition(p);
+    if (auto err = mqtt::ValidateTopicName(m.topic()); err.has_value()) {
+      SetError(r->mutable_error(), v1::ERROR_CODE_INVALID_ARGUMENT,
+               StrCat("topic '", m.topic(), "': ", err->message));
+      continue;
+    }
+    if (m.ByteSizeLong() > options_.max_message_bytes) {
+      SetError(r->mutable_error(), v1::ERROR_CODE_MESSAGE_TOO_LARGE,
+               StrCat("message is larger than ", options_.max_message_bytes, " bytes"));
+      continue;
+    }
+    by_partition[p].push_back(i);
+  }
+  if (by_partition.empty()) {
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+  // Callbacks run on the Raft host's thread (or here, when the host is stopping); the last one
+  // to finish answers. Each writes only its own, pre-allocated results.
+  auto outstanding = std::make_shared<std::atomic<size_t>>(by_partition.size());
+  const int64_t now = UnixMs(clock_);
+  for (auto& [partition, indexes] : by_partition) {
+    v1::PartitionCommand cmd;
+    cmd.set_proposed_at_unix_ms(now);
+    for (int i : indexes) {
+      v1::Message* m = cmd.mutable_publish()->add_messages();
+      *m = request->messages(i);
+      m->clear_partition();
+      m->clear_offset();
+      m->clear_publish_time_unix_ms();
+    }
+    host_.Propose(
+        GroupForPartition(partition), cmd.SerializeAsString(),
+        [this, reactor, response, outstanding, indexes = std::move(indexes)](ProposalResult r) {
+          for (size_t k = 0; k < indexes.size(); ++k) {
+            v1::PublishResult* out = response->mutable_results(indexes[k]);
+            if (r.status.ok() && k < r.apply.publish.size()) {
+              *out = std::move(r.apply.publish[k]);
+              continue;
+            }
+            v1::ErrorInfo* e = out->mutable_error();
+            if (r.status.ok()) {
+              SetError(e, v1::ERROR_CODE_INTERNAL, "apply produced no result");
+            } else if (absl::IsUnavailable(r.status) && r.status.message() == "not leader") {
+              SetNotLeader(r.leader_hint, 0, e);
+            } else if (absl::IsUnavailable(r.status)) {
+              // The entry may still commit: retry with the same producer id and sequence.
+              SetError(e, v1::ERROR_CODE_OUTCOME_UNKNOWN, std::string(r.status.message()));
+            } else if (absl::IsResourceExhausted(r.status)) {
+              SetError(e, v1::ERROR_CODE_OVERLOADED, std::string(r.status.message()));
+              e->set_retry_after_ms(50);
+            } else if (absl::IsFailedPrecondition(r.status)) {
+              SetNotLeader(r.leader_hint, 0, e);
+            } else {
+              SetError(e, v1::ERROR_CODE_PARTITION_UNAVAILABLE, std::string(r.status.message()));
+            }
+          }
+          if (outstanding->fetch_sub(1) == 1) reactor->Finish(grpc::Status::OK);
+        });
+  }
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* BrokerService::Fetch(grpc::CallbackServerContext* ctx,
+                                               const v1::FetchRequest* request,
+                                               v1::FetchResponse* response) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (request->filters_size() == 0) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "filters must not be empty"));
+    return reactor;
+  }
+  for (const std::string& f : request->filters()) {
+    if (auto err = mqtt::ValidateTopicFilter(f); err.has_value()) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                   StrCat("filter '", f, "': ", err->message)));
+      return reactor;
+    }
+  }
+  if (request->ranges_size() == 0) {
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+  std::vector<std::string> filters(request->filters().begin(), request->filters().end());
+  broker::FetchLimits limits;
+  limits.max_messages =
+      request->max_messages() != 0 ? request->max_messages() : options_.fetch_default_max_messages;
+  limits.max_bytes =
+      request->max_bytes() != 0 ? request->max_bytes() : options_.fetch_default_max_bytes;
+  for (int i = 0; i < request->ranges_size(); ++i) response->add_results();
+  auto outstanding = std::make_shared<std::atomic<int>>(request->ranges_size());
+  const int64_t now = UnixMs(clock_);
+  // Ranges are read one after another's limits would be simpler; here each range gets the
+  // request's limits (bounded by the number of partitions).
+  for (int i = 0; i < request->ranges_size(); ++i) {
+    const v1::FetchRange& range = request->ranges(i);
+    v1::FetchResult* out = response->mutable_results(i);
+    out->set_partition(range.partition());
+    if (range.partition() >= options_.partition_count) {
+      SetError(out->mutable_error(), v1::ERROR_CODE_INVALID_ARGUMENT,
+               StrCat("partition ", range.partition(), " does not exist"));
+      if (outstanding->fetch_sub(1) == 1) reactor->Finish(grpc::Status::OK);
+      continue;
+    }
+    host_.ReadAsync(GroupForPartition(range.partition()),
+                    [this, reactor, out, outstanding, range, filters, limits, now](
+                        broker::PartitionStateMachine* sm, const GroupStatus* st) {
+                      if (sm == nullptr) {
+                        SetError(out->mutable_error(), v1::ERROR_CODE_PARTITION_UNAVAILABLE,
+                                 "partition is not hosted here");
+                      } else if (st->role != raft::Role::kLeader) {
+                        SetNotLeader(st->leader, st->term, out->mutable_error());
+                      } else if (range.epoch() != 0 && range.epoch() != sm->state().epoch()) {
+                        SetError(out->mutable_error(), v1::ERROR_CODE_EPOCH_CHANGED,
+                                 StrCat("partition epoch is ", sm->state().epoch()));
+                      } else {
+                        auto f = sm->Fetch(range.after_offset(), range.until_offset(), filters, now,
+                                           limits);
+                        if (!f.ok()) {
+                          SetError(out->mutable_error(), v1::ERROR_CODE_INTERNAL,
+                                   std::string(f.status().message()));
+                        } else {
+                          out->set_epoch(sm->state().epoch());
+                          out->set_log_start_offset(sm->state().first_offset());
+                          out->set_last_offset(sm->last_offset());
+                          out->set_evaluated_through(f->evaluated_through);
+                          if (f->gap_to != 0) {
+                            v1::Gap* gap = out->mutable_gap();
+                            gap->set_partition(range.partition());
+                            gap->set_reason(v1::ERROR_CODE_CURSOR_GAP);
+                            gap->set_from_epoch(sm->state().epoch());
+                            gap->set_from_offset(range.after_offset());
+                            gap->set_to_epoch(sm->state().epoch());
+                            gap->set_to_offset(f->gap_to);
+                          }
+                          for (auto& m : f->messages) *out->add_messages() = std::move(m);
+                        }
+                      }
+                      if (outstanding->fetch_sub(1) == 1) reactor->Finish(grpc::Status::OK);
+                    });
+  }
+  return reactor;
+}
+
+}  // namespace herald::cluster

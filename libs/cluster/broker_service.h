@@ -1,0 +1,48 @@
+// The core's Broker gRPC service (proto/herald/v1/broker.proto) over a node's RaftHost: Publish
+// proposes each partition's messages to its Raft group and answers once they are committed and
+// applied; Fetch reads a partition's applied state on its leader.
+//
+// Not served yet: Subscribe, retained lookups, sessions, metadata watch (UNIMPLEMENTED).
+#pragma once
+
+#include <functional>
+#include <map>
+#include <string>
+
+#include "herald/v1/broker.grpc.pb.h"
+#include "libs/cluster/raft_host.h"
+
+namespace herald::cluster {
+
+struct BrokerServiceOptions {
+  uint32_t partition_count = 8;
+  // Node id -> its Broker API address ("host:port"), for NOT_LEADER hints.
+  std::map<raft::NodeId, std::string> broker_addresses;
+  uint32_t max_messages_per_request = 10'000;
+  uint64_t max_message_bytes = 1 << 20;
+  uint32_t fetch_default_max_messages = 1000;
+  uint64_t fetch_default_max_bytes = 4 << 20;
+};
+
+// Partition p is Raft group p + 1 (group 0 is reserved for cluster metadata).
+inline GroupId GroupForPartition(uint32_t partition) { return GroupId{partition} + 1; }
+
+class BrokerService final : public v1::Broker::CallbackService {
+ public:
+  BrokerService(RaftHost& host, BrokerServiceOptions options, Clock& clock = Clock::Real());
+
+  grpc::ServerUnaryReactor* Publish(grpc::CallbackServerContext* ctx,
+                                    const v1::PublishRequest* request,
+                                    v1::PublishResponse* response) override;
+  grpc::ServerUnaryReactor* Fetch(grpc::CallbackServerContext* ctx, const v1::FetchRequest* request,
+                                  v1::FetchResponse* response) override;
+
+ private:
+  void SetNotLeader(raft::NodeId leader, uint64_t term, v1::ErrorInfo* error) const;
+
+  RaftHost& host_;
+  const BrokerServiceOptions options_;
+  Clock& clock_;
+};
+
+}  // namespace herald::cluster

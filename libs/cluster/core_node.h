@@ -1,0 +1,73 @@
+// A core node: the storage engine, the Raft host with this node's partition replicas, and the
+// gRPC server for the Broker API and the Raft transport. herald-core runs one; the all-in-one
+// herald runs one with a single replica.
+//
+// Membership is static for now: every node is started with the same peer list, and partition p
+// is replicated on the replication_factor nodes that follow p in node-id order (a placement
+// every node computes alike). Joining, leaving and moving replicas come with the metadata group.
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "libs/cluster/broker_service.h"
+#include "libs/cluster/grpc_transport.h"
+#include "libs/cluster/raft_host.h"
+#include "libs/common/config.h"
+#include "libs/storage/engine.h"
+
+namespace herald::cluster {
+
+struct CoreNodeConfig {
+  uint64_t node_id = 1;
+  std::string cluster_id = "herald";
+  // gRPC address this node serves (Broker API and Raft transport).
+  std::string listen = "127.0.0.1:7070";
+  // Every core node as "id=host:port", this one included. Empty: a single-node cluster.
+  std::vector<std::string> peers;
+  int partitions = 8;
+  int replication_factor = 3;
+  absl::Duration raft_tick = absl::Milliseconds(100);
+  int raft_election_ticks = 10;
+  bool storage_sync = true;
+  ByteSize storage_block_cache{256ull << 20};
+
+  // Registers the options under "core.", "cluster.", "raft." and "storage.".
+  void AddOptions(ConfigSchema& schema);
+};
+
+// Replicas of `partition`: replication_factor nodes (or all, if fewer) starting at
+// partition mod n in ascending node-id order.
+std::vector<raft::NodeId> PlaceReplicas(uint32_t partition, const std::vector<raft::NodeId>& nodes,
+                                        int replication_factor);
+
+class CoreNode {
+ public:
+  explicit CoreNode(CoreNodeConfig config) : config_(std::move(config)) {}
+  ~CoreNode();
+
+  // Opens the database under `data_dir`, loads this node's replicas and starts serving.
+  absl::Status Start(const std::string& data_dir);
+  void Stop();
+
+  RaftHost& host() { return *host_; }
+  // The address the gRPC server bound (resolves port 0).
+  const std::string& address() const { return address_; }
+
+ private:
+  CoreNodeConfig config_;
+  std::unique_ptr<storage::Engine> engine_;
+  std::unique_ptr<GrpcRaftTransport> transport_;
+  std::unique_ptr<RaftHost> host_;
+  std::unique_ptr<RaftTransportService> raft_service_;
+  std::unique_ptr<BrokerService> broker_service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::string address_;
+};
+
+}  // namespace herald::cluster

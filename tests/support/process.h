@@ -1,0 +1,47 @@
+// Helpers for tests that run Herald's binaries as child processes.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace herald::testing {
+
+// A child process (a binary of build/bin) whose stderr is captured through a pipe. Killed with
+// SIGKILL on destruction if still running.
+class Process {
+ public:
+  Process(const std::string& binary, const std::vector<std::string>& args);
+  ~Process();
+  Process(const Process&) = delete;
+  Process& operator=(const Process&) = delete;
+
+  // Reads stderr until a line matches `pattern` (ECMAScript regex); returns the first capture
+  // group, or the whole match, or "" on timeout or end of output.
+  std::string WaitForLine(const std::string& pattern,
+                          std::chrono::milliseconds timeout = std::chrono::seconds(15));
+  // Waits for exit; returns the exit status, or -1 on timeout or death by a signal.
+  int Wait(std::chrono::milliseconds timeout);
+  void Signal(int sig);
+  pid_t pid() const { return pid_; }
+  bool running() const { return pid_ > 0 && !exited_; }
+  // Everything read from stderr so far.
+  const std::string& log() const { return log_; }
+
+ private:
+  void DrainStderr();
+  pid_t pid_ = -1;
+  int err_fd_ = -1;
+  bool exited_ = false;
+  std::string pending_, log_;
+};
+
+// GET `path` from "host:port" with Connection: close; the raw response, "" on failure.
+std::string HttpGet(const std::string& address, const std::string& path);
+
+// A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, close).
+int PickFreePort();
+
+}  // namespace herald::testing
