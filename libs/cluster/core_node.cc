@@ -124,12 +124,18 @@ absl::Status CoreNode::Start(const std::string& data_dir) {
   address_ = config_.listen.substr(0, config_.listen.rfind(':')) + ":" + std::to_string(port);
   absl::Status s = host_->Start();
   if (!s.ok()) return s;
+  {
+    std::lock_guard<std::mutex> l(metrics_source_->mu);
+    metrics_source_->host = host_.get();
+    metrics_source_->engine = engine_.get();
+  }
   spdlog::info("core node {} listening on {} ({} of {} partitions, {} node(s))", config_.node_id,
                address_, replicas, config_.partitions, nodes.size());
   return absl::OkStatus();
 }
 
 void CoreNode::Stop() {
+  metrics_source_->Detach();
   if (server_) {
     server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
     server_.reset();

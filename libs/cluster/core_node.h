@@ -16,6 +16,7 @@
 
 #include "absl/status/status.h"
 #include "libs/cluster/broker_service.h"
+#include "libs/cluster/core_metrics.h"
 #include "libs/cluster/grpc_transport.h"
 #include "libs/cluster/raft_host.h"
 #include "libs/common/config.h"
@@ -53,6 +54,10 @@ class CoreNode {
 
   // Opens the database under `data_dir`, loads this node's replicas and starts serving.
   absl::Status Start(const std::string& data_dir);
+  // The node's metrics collector (valid before and after Start; empty when stopped).
+  std::shared_ptr<prometheus::Collectable> metrics_collector() {
+    return NewCoreCollector(metrics_source_);
+  }
   void Stop();
 
   RaftHost& host() { return *host_; }
@@ -68,6 +73,7 @@ class CoreNode {
   std::unique_ptr<BrokerService> broker_service_;
   std::unique_ptr<grpc::Server> server_;
   std::string address_;
+  std::shared_ptr<CoreMetricsSource> metrics_source_ = std::make_shared<CoreMetricsSource>();
 };
 
 }  // namespace herald::cluster

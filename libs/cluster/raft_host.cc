@@ -18,6 +18,7 @@ struct RaftHost::Group {
   // Proposals this node appended as leader, by log index, awaiting their apply.
   std::map<uint64_t, PendingProposal> pending;
   bool was_leader = false;
+  raft::NodeId last_leader = 0;
 };
 
 namespace {
@@ -167,14 +168,7 @@ void RaftHost::ReadAsync(GroupId group, ReadFn fn) {
           return;
         }
         Group& g = *it->second;
-        GroupStatus st{group,
-                       g.node->role(),
-                       g.node->leader(),
-                       g.node->term(),
-                       g.node->committed(),
-                       g.sm->applied_index(),
-                       g.node->last_index(),
-                       g.node->conf_state()};
+        GroupStatus st = StatusOf(g);
         fn(g.sm.get(), &st);
       });
       fn = nullptr;
@@ -187,15 +181,31 @@ void RaftHost::ReadAsync(GroupId group, ReadFn fn) {
   cv_.notify_one();
 }
 
+GroupStatus RaftHost::StatusOf(const Group& g) {
+  GroupStatus st;
+  st.group = g.id;
+  st.role = g.node->role();
+  st.leader = g.node->leader();
+  st.term = g.node->term();
+  st.commit = g.node->committed();
+  st.applied = g.sm->applied_index();
+  st.last_index = g.node->last_index();
+  st.conf_state = g.node->conf_state();
+  st.partition = g.partition;
+  st.last_offset = g.sm->last_offset();
+  st.stored_messages = g.sm->state().message_count();
+  st.stored_bytes = g.sm->state().message_bytes();
+  st.trimmed_messages = g.sm->state().trimmed_messages();
+  return st;
+}
+
 std::vector<GroupStatus> RaftHost::Status() {
   std::promise<std::vector<GroupStatus>> done;
   auto f = done.get_future();
   auto collect = [this] {
     std::vector<GroupStatus> out;
     for (auto& [id, g] : groups_) {
-      out.push_back(GroupStatus{id, g->node->role(), g->node->leader(), g->node->term(),
-                                g->node->committed(), g->sm->applied_index(), g->node->last_index(),
-                                g->node->conf_state()});
+      out.push_back(StatusOf(*g));
     }
     return out;
   };
@@ -259,12 +269,15 @@ void RaftHost::RunPass(Inbox& inbox) {
       continue;
     }
     Group& g = *it->second;
+    stats_.proposals.fetch_add(1, std::memory_order_relaxed);
     if (g.node->role() != raft::Role::kLeader) {
+      stats_.proposals_refused.fetch_add(1, std::memory_order_relaxed);
       done({absl::UnavailableError("not leader"), g.node->leader(), {}});
       continue;
     }
     absl::Status s = g.node->Propose(std::move(cmd));
     if (!s.ok()) {
+      stats_.proposals_refused.fetch_add(1, std::memory_order_relaxed);
       done({s, g.node->leader(), {}});
       continue;
     }
@@ -303,9 +316,18 @@ void RaftHost::RunPass(Inbox& inbox) {
     }
     readies.emplace_back(&g, std::move(rd));
   }
+  stats_.passes.fetch_add(1, std::memory_order_relaxed);
   if (readies.empty()) return;
+  auto write_start = std::chrono::steady_clock::now();
   absl::Status s = engine_.Write(&batch);
   if (!s.ok()) Fatal("group commit write", s);
+  stats_.write_batches.fetch_add(1, std::memory_order_relaxed);
+  stats_.write_nanos.fetch_add(
+      static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                std::chrono::steady_clock::now() - write_start)
+                                .count()),
+      std::memory_order_relaxed);
+  stats_.entries_applied.fetch_add(applied.size(), std::memory_order_relaxed);
 
   for (auto& [g, rd] : readies) {
     for (raft::Message& m : rd.messages) transport_.Send(g->id, std::move(m));
@@ -327,6 +349,10 @@ void RaftHost::RunPass(Inbox& inbox) {
     }
   }
   for (auto& [g, rd] : readies) {
+    if (rd.soft_state && rd.soft_state->leader != g->last_leader) {
+      g->last_leader = rd.soft_state->leader;
+      stats_.leader_changes.fetch_add(1, std::memory_order_relaxed);
+    }
     bool leader = g->node->role() == raft::Role::kLeader;
     if (g->was_leader && !leader) {
       FailPending(*g, absl::UnavailableError("leadership lost; outcome unknown"));

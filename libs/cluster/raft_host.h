@@ -16,6 +16,7 @@
 // Threading: the public methods are thread-safe; everything else runs on the host's thread.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -78,6 +79,23 @@ struct GroupStatus {
   uint64_t applied = 0;
   uint64_t last_index = 0;
   raft::ConfState conf_state;
+  // The partition's state machine.
+  uint32_t partition = 0;
+  uint64_t last_offset = 0;
+  uint64_t stored_messages = 0;
+  uint64_t stored_bytes = 0;
+  uint64_t trimmed_messages = 0;
+};
+
+// Counters of a host's activity since it started. Thread-safe to read.
+struct RaftHostStats {
+  std::atomic<uint64_t> passes{0};
+  std::atomic<uint64_t> write_batches{0};
+  std::atomic<uint64_t> write_nanos{0};  // time spent in Engine::Write (fsync included)
+  std::atomic<uint64_t> entries_applied{0};
+  std::atomic<uint64_t> proposals{0};
+  std::atomic<uint64_t> proposals_refused{0};
+  std::atomic<uint64_t> leader_changes{0};  // observed changes of a group's leader
 };
 
 class RaftHost {
@@ -109,6 +127,7 @@ class RaftHost {
   bool WithPartition(GroupId group, const std::function<void(broker::PartitionStateMachine&)>& fn);
 
   std::vector<GroupStatus> Status();
+  const RaftHostStats& stats() const { return stats_; }
 
   // Runs `fn` on the host's thread, soon, with the group's state machine and status (nullptrs
   // when the group is unknown or the host is stopping: `fn` then runs on the caller's thread).
@@ -132,12 +151,14 @@ class RaftHost {
   void Run();
   void RunPass(Inbox& inbox);
   void FailPending(Group& g, const absl::Status& why);
+  static GroupStatus StatusOf(const Group& g);
 
   storage::Engine& engine_;
   Transport& transport_;
   const RaftHostOptions options_;
   Clock& clock_;
   std::map<GroupId, std::unique_ptr<Group>> groups_;  // host thread (fixed after Start)
+  RaftHostStats stats_;
 
   std::mutex mu_;
   std::condition_variable cv_;

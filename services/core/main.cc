@@ -21,6 +21,7 @@ int main(int argc, char** argv, char** envp) {
   spec.add_options = [&](herald::ConfigSchema& schema) { core.AddOptions(schema); };
   spec.start = [&](herald::service::ServiceContext& ctx) {
     node = std::make_unique<herald::cluster::CoreNode>(core);
+    ctx.metrics.AddCollector(node->metrics_collector());
     return node->Start(ctx.config.data_dir);
   };
   spec.stop = [&] { node.reset(); };

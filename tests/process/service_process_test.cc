@@ -14,6 +14,7 @@
 #include <fstream>
 #include <regex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "libs/net/socket_address.h"
@@ -55,6 +56,14 @@ TEST_F(ServiceProcessTest, HeraldServesHealthAndMetricsAndStopsOnSigterm) {
   EXPECT_NE(metrics.find("herald_build_info{component=\"herald\""), std::string::npos) << metrics;
   EXPECT_NE(metrics.find("process_resident_memory_bytes"), std::string::npos);
   EXPECT_NE(metrics.find("process_start_time_seconds"), std::string::npos);
+  // The all-in-one core leads all 8 partitions of its single-replica cluster (once elected).
+  for (int i = 0;
+       i < 100 && metrics.find("herald_raft_groups{role=\"leader\"} 8") == std::string::npos; ++i) {
+    std::this_thread::sleep_for(50ms);
+    metrics = HttpGet(admin, "/metrics");
+  }
+  EXPECT_NE(metrics.find("herald_raft_groups{role=\"leader\"} 8"), std::string::npos) << metrics;
+  EXPECT_NE(metrics.find("herald_storage_bytes{family=\"raft_log\"}"), std::string::npos);
   EXPECT_TRUE(std::filesystem::exists(dir_ + "/data/LOCK"));
 
   auto start = std::chrono::steady_clock::now();
