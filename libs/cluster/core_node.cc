@@ -79,6 +79,7 @@ absl::Status CoreNode::Start(const std::string& data_dir) {
   if (!peers.ok()) return peers.status();
   std::vector<raft::NodeId> nodes;
   for (const auto& [id, addr] : *peers) nodes.push_back(id);
+  peers_single_node_ = nodes.size() == 1;
 
   storage::EngineOptions eo;
   eo.path = data_dir + "/db";
@@ -136,6 +137,12 @@ absl::Status CoreNode::Start(const std::string& data_dir) {
 
 void CoreNode::Stop() {
   metrics_source_->Detach();
+  if (host_ && !peers_single_node_) {
+    // Hand leaderships to other replicas first: their partitions keep a leader instead of
+    // waiting an election timeout for this node to be missed.
+    int still = host_->HandOffLeadership(std::chrono::milliseconds(1500));
+    if (still > 0) spdlog::warn("stopping while still leading {} partition(s)", still);
+  }
   if (server_) {
     server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
     server_.reset();

@@ -73,6 +73,7 @@ class CoreNode {
   std::unique_ptr<BrokerService> broker_service_;
   std::unique_ptr<grpc::Server> server_;
   std::string address_;
+  bool peers_single_node_ = true;
   std::shared_ptr<CoreMetricsSource> metrics_source_ = std::make_shared<CoreMetricsSource>();
 };
 

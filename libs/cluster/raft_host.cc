@@ -136,6 +136,42 @@ void RaftHost::TransferLeadership(GroupId group, raft::NodeId to) {
   cv_.notify_one();
 }
 
+int RaftHost::HandOffLeadership(std::chrono::milliseconds timeout) {
+  auto count_led = [this] {
+    int n = 0;
+    for (const GroupStatus& st : Status()) n += st.role == raft::Role::kLeader ? 1 : 0;
+    return n;
+  };
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!running_ || inbox_.stop) return 0;
+    inbox_.tasks.push_back([this] {
+      for (auto& [id, g] : groups_) {
+        raft::Node& node = *g->node;
+        if (node.role() != raft::Role::kLeader) continue;
+        raft::NodeId best = raft::kNoNode;
+        uint64_t best_match = 0;
+        for (raft::NodeId v : node.conf_state().voters) {
+          const raft::Progress* pr = v == options_.node_id ? nullptr : node.progress(v);
+          if (pr != nullptr && (best == raft::kNoNode || pr->match > best_match)) {
+            best = v;
+            best_match = pr->match;
+          }
+        }
+        if (best != raft::kNoNode) node.TransferLeadership(best).IgnoreError();
+      }
+    });
+  }
+  cv_.notify_one();
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  int led = count_led();
+  while (led > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    led = count_led();
+  }
+  return led;
+}
+
 bool RaftHost::WithPartition(GroupId group,
                              const std::function<void(broker::PartitionStateMachine&)>& fn) {
   std::promise<bool> done;

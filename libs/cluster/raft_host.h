@@ -121,6 +121,11 @@ class RaftHost {
   void Propose(GroupId group, std::string command, ProposalCallback done);
   // Asks the group's leader (this node) to hand leadership to `to`. Thread-safe.
   void TransferLeadership(GroupId group, raft::NodeId to);
+  // Hands every leadership of this node to the most caught-up other voter of each group and
+  // waits up to `timeout` for the transfers to finish, so that stopping the node does not leave
+  // its partitions without a leader for an election timeout. Returns how many groups this node
+  // still leads. Thread-safe.
+  int HandOffLeadership(std::chrono::milliseconds timeout);
 
   // Runs `fn` on the host's thread with the partition's state machine and waits for it (reads
   // of applied state). Returns false if the group is unknown or the host is stopped.

@@ -232,5 +232,23 @@ TEST_F(RaftHostTest, LeadershipTransferMovesTheLeader) {
   EXPECT_EQ(now_leader, target);
 }
 
+TEST_F(RaftHostTest, HandOffLeadershipLeavesNoGroupLeaderless) {
+  for (raft::NodeId id : {1, 2, 3}) StartNode(id, {1, 2, 3});
+  raft::NodeId leader = WaitForLeader();
+  ASSERT_NE(leader, 0u);
+  ASSERT_NE(PublishWithRetry("x", 1, 1), 0u);
+  EXPECT_EQ(nodes_[leader].host->HandOffLeadership(3s), 0);
+  // Another node leads at once, without waiting for an election timeout.
+  raft::NodeId next = 0;
+  for (auto& [id, n] : nodes_) {
+    if (id == leader) continue;
+    for (const auto& st : n.host->Status()) {
+      if (st.role == raft::Role::kLeader) next = id;
+    }
+  }
+  EXPECT_NE(next, 0u);
+  EXPECT_NE(next, leader);
+}
+
 }  // namespace
 }  // namespace herald::cluster
