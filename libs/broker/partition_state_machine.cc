@@ -113,6 +113,9 @@ absl::StatusOr<ApplyResult> PartitionStateMachine::Apply(uint64_t index, std::st
     case v1::PartitionCommand::kTrim:
       ApplyTrim(cmd.trim(), batch);
       break;
+    case v1::PartitionCommand::kCompactLog:
+      result.compact_log_through = cmd.compact_log().through_index();
+      break;
     case v1::PartitionCommand::COMMAND_NOT_SET:
       break;  // a command from a newer version this one does not know: nothing to do
   }

@@ -42,6 +42,8 @@ struct PartitionOptions {
 struct ApplyResult {
   // One per message of a PublishCommand, in order.
   std::vector<v1::PublishResult> publish;
+  // A CompactLogCommand: the host discards the Raft log up to this index (0: none).
+  uint64_t compact_log_through = 0;
 };
 
 // Bounds of one read.

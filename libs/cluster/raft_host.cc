@@ -19,6 +19,12 @@ struct RaftHost::Group {
   std::map<uint64_t, PendingProposal> pending;
   bool was_leader = false;
   raft::NodeId last_leader = 0;
+  // Membership changes are not driven by this host yet; a group that has seen one is never
+  // compacted, because the snapshot metadata would need the membership as of the compaction
+  // index.
+  bool saw_conf_change = false;
+  // Highest compaction index proposed by this node as leader and not yet applied.
+  uint64_t compaction_proposed = 0;
 };
 
 namespace {
@@ -226,6 +232,7 @@ GroupStatus RaftHost::StatusOf(const Group& g) {
   st.commit = g.node->committed();
   st.applied = g.sm->applied_index();
   st.last_index = g.node->last_index();
+  st.first_index = g.log->FirstIndex();
   st.conf_state = g.node->conf_state();
   st.partition = g.partition;
   st.last_offset = g.sm->last_offset();
@@ -344,8 +351,20 @@ void RaftHost::RunPass(Inbox& inbox) {
       if (e.type == raft::EntryType::kNormal && !e.data.empty()) {
         auto r = g.sm->Apply(e.index, e.data, &batch);
         if (!r.ok()) Fatal(StrCat("group ", id, ": applying entry ", e.index), r.status());
+        uint64_t through = r->compact_log_through;
+        if (through > 0 && !g.saw_conf_change && through > g.log->FirstIndex() &&
+            through < e.index) {
+          // Every replica applies this at the same log position and discards the same prefix.
+          // The marker data makes the transport refuse to ship this snapshot: it carries no
+          // partition state, so it must never stand in for one.
+          absl::Status cs =
+              g.log->CreateSnapshot(through, g.node->conf_state(), "log-compaction", &batch);
+          if (!cs.ok()) Fatal(StrCat("group ", id, ": compacting the log"), cs);
+        }
+        if (through >= g.compaction_proposed) g.compaction_proposed = 0;
         applied.push_back(Applied{&g, e.index, e.term, std::move(*r)});
       } else {
+        if (e.type == raft::EntryType::kConfChange) g.saw_conf_change = true;
         g.sm->ApplyOther(e.index, &batch);
         applied.push_back(Applied{&g, e.index, e.term, {}});
       }
@@ -392,10 +411,36 @@ void RaftHost::RunPass(Inbox& inbox) {
     bool leader = g->node->role() == raft::Role::kLeader;
     if (g->was_leader && !leader) {
       FailPending(*g, absl::UnavailableError("leadership lost; outcome unknown"));
+      g->compaction_proposed = 0;
     }
     g->was_leader = leader;
     g->node->Advance(rd);
+    if (leader) MaybeProposeCompaction(*g);
   }
+}
+
+void RaftHost::MaybeProposeCompaction(Group& g) {
+  if (options_.log_compact_threshold == 0 || g.saw_conf_change || g.compaction_proposed != 0) {
+    return;
+  }
+  uint64_t applied = g.sm->applied_index();
+  uint64_t first = g.log->FirstIndex();
+  if (applied < first || applied - first < options_.log_compact_threshold) return;
+  // Only what every voter already has: nobody will need the discarded entries again.
+  uint64_t min_match = applied;
+  for (raft::NodeId v : g.node->conf_state().voters) {
+    if (v == options_.node_id) continue;
+    const raft::Progress* pr = g.node->progress(v);
+    min_match = std::min(min_match, pr != nullptr ? pr->match : 0);
+  }
+  if (min_match <= first + options_.log_keep_entries) return;
+  uint64_t through = min_match - options_.log_keep_entries;
+  v1::PartitionCommand cmd;
+  cmd.set_proposed_at_unix_ms(
+      std::chrono::duration_cast<std::chrono::milliseconds>(clock_.WallNow().time_since_epoch())
+          .count());
+  cmd.mutable_compact_log()->set_through_index(through);
+  if (g.node->Propose(cmd.SerializeAsString()).ok()) g.compaction_proposed = through;
 }
 
 }  // namespace herald::cluster

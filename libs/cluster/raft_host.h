@@ -57,6 +57,11 @@ struct RaftHostOptions {
   // Leader flow control: proposals are refused while this many entries await commit.
   uint64_t max_uncommitted_entries = 4096;
   uint64_t random_seed = 0;  // 0: seeded from the node id
+  // Raft log compaction: when a group's log holds more than this many applied entries, its
+  // leader proposes discarding all but the newest `log_keep_entries` of them that every voter
+  // has replicated. 0 disables compaction.
+  uint64_t log_compact_threshold = 20000;
+  uint64_t log_keep_entries = 2000;
 };
 
 // The outcome of a proposal: OK with what the apply produced, or why it did not (or may not
@@ -78,6 +83,7 @@ struct GroupStatus {
   uint64_t commit = 0;
   uint64_t applied = 0;
   uint64_t last_index = 0;
+  uint64_t first_index = 0;  // first entry still in the log (compaction discards before it)
   raft::ConfState conf_state;
   // The partition's state machine.
   uint32_t partition = 0;
@@ -156,6 +162,7 @@ class RaftHost {
   void Run();
   void RunPass(Inbox& inbox);
   void FailPending(Group& g, const absl::Status& why);
+  void MaybeProposeCompaction(Group& g);
   static GroupStatus StatusOf(const Group& g);
 
   storage::Engine& engine_;

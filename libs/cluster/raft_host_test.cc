@@ -48,7 +48,8 @@ class RaftHostTest : public ::testing::Test {
     std::filesystem::remove_all(root_);
   }
 
-  void StartNode(raft::NodeId id, std::vector<raft::NodeId> voters) {
+  void StartNode(raft::NodeId id, std::vector<raft::NodeId> voters, uint64_t compact_threshold = 0,
+                 uint64_t keep = 0) {
     TestNode& n = nodes_[id];
     n.id = id;
     n.dir = root_ + "/node" + std::to_string(id);
@@ -59,6 +60,8 @@ class RaftHostTest : public ::testing::Test {
     RaftHostOptions o;
     o.node_id = id;
     o.tick = 10ms;
+    o.log_compact_threshold = compact_threshold;
+    o.log_keep_entries = keep;
     n.host = std::make_unique<RaftHost>(*n.engine, *n.transport, o);
     ASSERT_TRUE(n.host->AddPartitionGroup(kGroup, 0, voters).ok());
     net_.Attach(id, n.host.get());
@@ -230,6 +233,38 @@ TEST_F(RaftHostTest, LeadershipTransferMovesTheLeader) {
     std::this_thread::sleep_for(10ms);
   }
   EXPECT_EQ(now_leader, target);
+}
+
+TEST_F(RaftHostTest, LogIsCompactedBehindEveryReplicaAndNothingIsLost) {
+  for (raft::NodeId id : {1, 2, 3})
+    StartNode(id, {1, 2, 3}, /*compact_threshold=*/100, /*keep=*/20);
+  std::vector<std::string> acked;
+  for (uint64_t i = 1; i <= 400; ++i) {
+    std::string p = "m" + std::to_string(i);
+    ASSERT_NE(PublishWithRetry(p, 9, i), 0u);
+    acked.push_back(p);
+  }
+  raft::NodeId leader = WaitForLeader();
+  uint64_t target = nodes_[leader].host->Status()[0].applied;
+  for (raft::NodeId id : {1, 2, 3}) {
+    ASSERT_TRUE(WaitApplied(id, target));
+    auto st = nodes_[id].host->Status()[0];
+    EXPECT_GT(st.first_index, 200u) << "node " << id << " did not compact its log";
+    EXPECT_EQ(ReadAll(id), acked) << "node " << id;
+  }
+  // A restarted replica reloads the compacted log and keeps serving.
+  raft::NodeId follower = leader == 1 ? 2 : 1;
+  StopNode(follower);
+  for (uint64_t i = 401; i <= 450; ++i) {
+    std::string p = "m" + std::to_string(i);
+    ASSERT_NE(PublishWithRetry(p, 9, i), 0u);
+    acked.push_back(p);
+  }
+  StartNode(follower, {1, 2, 3}, 100, 20);
+  leader = WaitForLeader();
+  target = nodes_[leader].host->Status()[0].applied;
+  ASSERT_TRUE(WaitApplied(follower, target));
+  EXPECT_EQ(ReadAll(follower), acked);
 }
 
 TEST_F(RaftHostTest, HandOffLeadershipLeavesNoGroupLeaderless) {
