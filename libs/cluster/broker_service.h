@@ -1,8 +1,10 @@
 // The core's Broker gRPC service (proto/herald/v1/broker.proto) over a node's RaftHost: Publish
 // proposes each partition's messages to its Raft group and answers once they are committed and
-// applied; Fetch reads a partition's applied state on its leader.
+// applied; Fetch reads a partition's applied state on its leader; Subscribe streams a
+// partition's backlog from a position and then its new messages, under credit-based flow
+// control.
 //
-// Not served yet: Subscribe, retained lookups, sessions, metadata watch (UNIMPLEMENTED).
+// Not served yet: retained lookups, sessions, metadata watch (UNIMPLEMENTED).
 #pragma once
 
 #include <functional>
@@ -22,12 +24,24 @@ struct BrokerServiceOptions {
   uint64_t max_message_bytes = 1 << 20;
   uint32_t fetch_default_max_messages = 1000;
   uint64_t fetch_default_max_bytes = 4 << 20;
+  // Subscribe: heartbeat interval bounds (the edge asks within them) and default.
+  std::chrono::milliseconds heartbeat_min{100};
+  std::chrono::milliseconds heartbeat_max{60'000};
+  std::chrono::milliseconds heartbeat_default{5'000};
+  // Subscribe: most messages and bytes read from one partition per round.
+  uint32_t subscribe_batch_messages = 1000;
+  uint64_t subscribe_batch_bytes = 1 << 20;
 };
 
 // Partition p is Raft group p + 1 (group 0 is reserved for cluster metadata).
 inline GroupId GroupForPartition(uint32_t partition) { return GroupId{partition} + 1; }
 
-class BrokerService final : public v1::Broker::CallbackService {
+// Publish and Fetch use gRPC's callback API (no thread waits on Raft); Subscribe is a
+// synchronous bidirectional stream with a thread per stream (an edge opens one per core node).
+using BrokerServiceBase = v1::Broker::WithCallbackMethod_Publish<
+    v1::Broker::WithCallbackMethod_Fetch<v1::Broker::Service>>;
+
+class BrokerService final : public BrokerServiceBase {
  public:
   BrokerService(RaftHost& host, BrokerServiceOptions options, Clock& clock = Clock::Real());
 
@@ -36,8 +50,12 @@ class BrokerService final : public v1::Broker::CallbackService {
                                     v1::PublishResponse* response) override;
   grpc::ServerUnaryReactor* Fetch(grpc::CallbackServerContext* ctx, const v1::FetchRequest* request,
                                   v1::FetchResponse* response) override;
+  grpc::Status Subscribe(
+      grpc::ServerContext* ctx,
+      grpc::ServerReaderWriter<v1::SubscribeResponse, v1::SubscribeRequest>* stream) override;
 
  private:
+  class Subscription;
   void SetNotLeader(raft::NodeId leader, uint64_t term, v1::ErrorInfo* error) const;
 
   RaftHost& host_;

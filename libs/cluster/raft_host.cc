@@ -142,6 +142,21 @@ void RaftHost::TransferLeadership(GroupId group, raft::NodeId to) {
   cv_.notify_one();
 }
 
+uint64_t RaftHost::AddWatcher(GroupId group, std::function<void()> fn) {
+  std::lock_guard<std::mutex> l(watchers_mu_);
+  uint64_t id = next_watcher_id_++;
+  watchers_[group][id] = std::move(fn);
+  return id;
+}
+
+void RaftHost::RemoveWatcher(GroupId group, uint64_t id) {
+  std::lock_guard<std::mutex> l(watchers_mu_);
+  auto it = watchers_.find(group);
+  if (it == watchers_.end()) return;
+  it->second.erase(id);
+  if (it->second.empty()) watchers_.erase(it);
+}
+
 int RaftHost::HandOffLeadership(std::chrono::milliseconds timeout) {
   auto count_led = [this] {
     int n = 0;
@@ -401,6 +416,18 @@ void RaftHost::RunPass(Inbox& inbox) {
       p.done({absl::UnavailableError("proposal was superseded by a new leader; not committed"),
               a.group->node->leader(),
               {}});
+    }
+  }
+  // Wake whoever waits on these groups: new messages applied, or leadership moved.
+  {
+    std::lock_guard<std::mutex> l(watchers_mu_);
+    if (!watchers_.empty()) {
+      for (auto& [g, rd] : readies) {
+        if (rd.committed_entries.empty() && !rd.soft_state) continue;
+        auto it = watchers_.find(g->id);
+        if (it == watchers_.end()) continue;
+        for (auto& [wid, fn] : it->second) fn();
+      }
     }
   }
   for (auto& [g, rd] : readies) {

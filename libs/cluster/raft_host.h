@@ -140,6 +140,12 @@ class RaftHost {
   std::vector<GroupStatus> Status();
   const RaftHostStats& stats() const { return stats_; }
 
+  // Calls `fn` (on the host's thread, after the write) whenever the group's partition applied
+  // new messages or the group's leader changed. `fn` must be quick (wake someone up). Returns an
+  // id for RemoveWatcher. Thread-safe.
+  uint64_t AddWatcher(GroupId group, std::function<void()> fn);
+  void RemoveWatcher(GroupId group, uint64_t id);
+
   // Runs `fn` on the host's thread, soon, with the group's state machine and status (nullptrs
   // when the group is unknown or the host is stopping: `fn` then runs on the caller's thread).
   // For reads that must not block the caller. Thread-safe.
@@ -171,6 +177,11 @@ class RaftHost {
   Clock& clock_;
   std::map<GroupId, std::unique_ptr<Group>> groups_;  // host thread (fixed after Start)
   RaftHostStats stats_;
+
+  std::mutex watchers_mu_;
+  std::map<GroupId, std::map<uint64_t, std::function<void()>>> watchers_
+      ABSL_GUARDED_BY(watchers_mu_);
+  uint64_t next_watcher_id_ ABSL_GUARDED_BY(watchers_mu_) = 1;
 
   std::mutex mu_;
   std::condition_variable cv_;

@@ -1,0 +1,318 @@
+// Broker.Subscribe: one stream, a thread writing events and a thread reading the edge's
+// changes and credit grants.
+#include <spdlog/spdlog.h>
+
+#include <condition_variable>
+#include <deque>
+#include <future>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "libs/cluster/broker_service.h"
+#include "libs/common/strings.h"
+#include "libs/protocol/mqtt/topic.h"
+
+namespace herald::cluster {
+
+namespace {
+
+int64_t UnixMillis(Clock& clock) {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(clock.WallNow().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
+class BrokerService::Subscription {
+ public:
+  Subscription(BrokerService& service, grpc::ServerContext* ctx,
+               grpc::ServerReaderWriter<v1::SubscribeResponse, v1::SubscribeRequest>* stream)
+      : service_(service), ctx_(ctx), stream_(stream) {}
+
+  grpc::Status Run() {
+    v1::SubscribeRequest first;
+    if (!stream_->Read(&first) || !first.has_start()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          "the first message of a Subscribe stream must be `start`");
+    }
+    const v1::SubscribeStart& start = first.start();
+    for (const std::string& f : start.filters()) {
+      if (auto err = mqtt::ValidateTopicFilter(f); err.has_value()) {
+        return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                            StrCat("filter '", f, "': ", err->message));
+      }
+      filters_.insert(f);
+    }
+    credit_ = static_cast<int64_t>(start.initial_credit_bytes());
+    auto hb = std::chrono::milliseconds(start.heartbeat_interval_ms());
+    if (hb.count() == 0) hb = service_.options_.heartbeat_default;
+    heartbeat_ = std::clamp(hb, service_.options_.heartbeat_min, service_.options_.heartbeat_max);
+    for (const v1::PartitionStart& ps : start.partitions()) Attach(ps);
+
+    std::thread reader([this] { ReadLoop(); });
+    WriteLoop();
+    ctx_->TryCancel();  // unblocks the reader
+    reader.join();
+    for (auto& [p, part] : parts_) service_.host_.RemoveWatcher(GroupForPartition(p), part.watcher);
+    return grpc::Status::OK;
+  }
+
+ private:
+  struct Part {
+    v1::StartMode mode = v1::START_MODE_AFTER_POSITION;
+    bool resolved = false;  // `position` is known (EARLIEST/LATEST resolve at the first read)
+    uint64_t position = 0;  // evaluated through
+    uint64_t epoch = 0;
+    uint64_t watcher = 0;
+  };
+
+  // What one read of a partition found.
+  struct Read {
+    bool hosted = false;
+    bool leader = false;
+    raft::NodeId leader_id = 0;
+    uint64_t term = 0;
+    uint64_t epoch = 0;
+    uint64_t last_offset = 0;
+    uint64_t position = 0;  // after resolving the start mode
+    absl::StatusOr<broker::FetchOutput> fetch = broker::FetchOutput();
+  };
+
+  // Edge -> core: credit and changes.
+  void ReadLoop() {
+    v1::SubscribeRequest req;
+    while (stream_->Read(&req)) {
+      std::lock_guard<std::mutex> l(mu_);
+      if (req.has_credit()) {
+        credit_ += static_cast<int64_t>(req.credit().bytes());
+      } else if (req.has_change()) {
+        changes_.push_back(req.change());
+      }
+      wake_ = true;
+      cv_.notify_one();
+    }
+    std::lock_guard<std::mutex> l(mu_);
+    closed_ = true;
+    cv_.notify_one();
+  }
+
+  void Attach(const v1::PartitionStart& ps) {
+    uint32_t p = ps.partition();
+    auto it = parts_.find(p);
+    if (it != parts_.end()) service_.host_.RemoveWatcher(GroupForPartition(p), it->second.watcher);
+    Part part;
+    part.mode = ps.mode() == v1::START_MODE_UNSPECIFIED ? v1::START_MODE_AFTER_POSITION : ps.mode();
+    part.position = ps.offset();
+    part.epoch = ps.epoch();
+    part.resolved = part.mode == v1::START_MODE_AFTER_POSITION;
+    part.watcher = service_.host_.AddWatcher(GroupForPartition(p), [this] {
+      std::lock_guard<std::mutex> l(mu_);
+      wake_ = true;
+      cv_.notify_one();
+    });
+    parts_[p] = part;
+  }
+
+  void Detach(uint32_t p) {
+    auto it = parts_.find(p);
+    if (it == parts_.end()) return;
+    service_.host_.RemoveWatcher(GroupForPartition(p), it->second.watcher);
+    parts_.erase(it);
+  }
+
+  Read ReadPartition(uint32_t p, const Part& part, uint64_t max_bytes) {
+    std::promise<Read> done;
+    auto f = done.get_future();
+    std::vector<std::string> filters(filters_.begin(), filters_.end());
+    broker::FetchLimits limits{service_.options_.subscribe_batch_messages, max_bytes};
+    int64_t now = UnixMillis(service_.clock_);
+    service_.host_.ReadAsync(
+        GroupForPartition(p), [&](broker::PartitionStateMachine* sm, const GroupStatus* st) {
+          Read r;
+          if (sm == nullptr) {
+            done.set_value(std::move(r));
+            return;
+          }
+          r.hosted = true;
+          r.leader = st->role == raft::Role::kLeader;
+          r.leader_id = st->leader;
+          r.term = st->term;
+          r.epoch = sm->state().epoch();
+          r.last_offset = sm->last_offset();
+          r.position = part.position;
+          if (!part.resolved) {
+            r.position = part.mode == v1::START_MODE_LATEST ? sm->last_offset()
+                                                            : sm->state().first_offset() - 1;
+          }
+          if (r.leader) r.fetch = sm->Fetch(r.position, 0, filters, now, limits);
+          done.set_value(std::move(r));
+        });
+    return f.get();
+  }
+
+  bool Write(const v1::SubscribeResponse& resp) {
+    last_write_ = std::chrono::steady_clock::now();
+    return stream_->Write(resp);
+  }
+
+  // Applies the edge's changes; returns false if the stream broke.
+  bool ApplyChanges(std::deque<v1::SubscribeChange>& changes) {
+    for (const v1::SubscribeChange& c : changes) {
+      for (const std::string& f : c.remove_filters()) filters_.erase(f);
+      for (const std::string& f : c.add_filters()) {
+        if (!mqtt::ValidateTopicFilter(f).has_value()) filters_.insert(f);
+      }
+      for (uint32_t p : c.remove_partitions()) Detach(p);
+      for (const v1::PartitionStart& ps : c.add_partitions()) Attach(ps);
+      // Resolve new partitions now, so the switch positions are real offsets.
+      v1::SubscribeResponse resp;
+      v1::SubscribeChangeApplied* applied = resp.mutable_change_applied();
+      applied->set_change_id(c.change_id());
+      for (auto& [p, part] : parts_) {
+        if (!part.resolved) {
+          Read r = ReadPartition(p, part, 1);
+          if (r.hosted) {
+            part.position = r.position;
+            part.resolved = true;
+          }
+        }
+        v1::PartitionPosition* pos = applied->add_switch_positions();
+        pos->set_partition(p);
+        pos->set_epoch(part.epoch);
+        pos->set_offset(part.position);
+      }
+      if (!Write(resp)) return false;
+    }
+    return true;
+  }
+
+  void WriteLoop() {
+    last_write_ = std::chrono::steady_clock::now();
+    while (!ctx_->IsCancelled()) {
+      std::deque<v1::SubscribeChange> changes;
+      int64_t credit;
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        if (closed_) return;
+        changes.swap(changes_);
+        credit = credit_;
+      }
+      if (!ApplyChanges(changes)) return;
+
+      v1::SubscribeResponse deliveries;
+      std::vector<v1::SubscribeResponse> events;  // gaps and stops, sent before deliveries
+      std::vector<uint32_t> stopped;
+      bool more = false;
+      int64_t spent = 0;
+      for (auto& [p, part] : parts_) {
+        if (credit - spent <= 0) break;
+        Read r = ReadPartition(
+            p, part,
+            static_cast<uint64_t>(std::min<int64_t>(
+                credit - spent, static_cast<int64_t>(service_.options_.subscribe_batch_bytes))));
+        if (!r.hosted || !r.leader || !r.fetch.ok()) {
+          v1::SubscribeResponse ev;
+          v1::PartitionStopped* s = ev.mutable_stopped();
+          s->set_partition(p);
+          if (!r.hosted) {
+            s->mutable_error()->set_code(v1::ERROR_CODE_PARTITION_UNAVAILABLE);
+            s->mutable_error()->set_message("partition is not hosted on this node");
+          } else if (!r.leader) {
+            service_.SetNotLeader(r.leader_id, r.term, s->mutable_error());
+          } else {
+            s->mutable_error()->set_code(v1::ERROR_CODE_INTERNAL);
+            s->mutable_error()->set_message(std::string(r.fetch.status().message()));
+          }
+          s->mutable_last_position()->set_partition(p);
+          s->mutable_last_position()->set_epoch(part.epoch);
+          s->mutable_last_position()->set_offset(part.position);
+          events.push_back(std::move(ev));
+          stopped.push_back(p);
+          continue;
+        }
+        part.resolved = true;
+        part.epoch = r.epoch;
+        const broker::FetchOutput& out = *r.fetch;
+        if (out.gap_to != 0) {
+          v1::SubscribeResponse ev;
+          v1::Gap* g = ev.mutable_gap();
+          g->set_partition(p);
+          g->set_reason(v1::ERROR_CODE_CURSOR_GAP);
+          g->set_from_epoch(r.epoch);
+          g->set_from_offset(r.position);
+          g->set_to_epoch(r.epoch);
+          g->set_to_offset(out.gap_to);
+          events.push_back(std::move(ev));
+        }
+        if (!out.messages.empty() || out.evaluated_through > r.position) {
+          v1::PartitionMessages* pm = deliveries.mutable_deliveries()->add_partitions();
+          pm->set_partition(p);
+          pm->set_epoch(r.epoch);
+          for (const v1::Message& m : out.messages) {
+            spent += static_cast<int64_t>(m.ByteSizeLong());
+            *pm->add_messages() = m;
+          }
+          pm->set_evaluated_through(out.evaluated_through);
+        }
+        part.position = std::max(r.position, out.evaluated_through);
+        if (part.position < r.last_offset) more = true;
+      }
+      for (uint32_t p : stopped) Detach(p);
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        credit_ -= spent;
+      }
+      for (const auto& ev : events) {
+        if (!Write(ev)) return;
+      }
+      if (deliveries.deliveries().partitions_size() > 0 && !Write(deliveries)) return;
+      if (std::chrono::steady_clock::now() - last_write_ >= heartbeat_) {
+        v1::SubscribeResponse hb;
+        v1::SubscribeHeartbeat* h = hb.mutable_heartbeat();
+        for (auto& [p, part] : parts_) {
+          v1::PartitionPosition* pos = h->add_progress();
+          pos->set_partition(p);
+          pos->set_epoch(part.epoch);
+          pos->set_offset(part.position);
+        }
+        h->set_server_time_unix_ms(UnixMillis(service_.clock_));
+        {
+          std::lock_guard<std::mutex> l(mu_);
+          h->set_credit_bytes(credit_);
+        }
+        if (!Write(hb)) return;
+      }
+      std::unique_lock<std::mutex> l(mu_);
+      if (more && credit_ > 0) continue;  // backlog left: read on at once
+      cv_.wait_until(l, last_write_ + heartbeat_,
+                     [this] { return closed_ || !changes_.empty() || (wake_ && credit_ > 0); });
+      wake_ = false;
+    }
+  }
+
+  BrokerService& service_;
+  grpc::ServerContext* ctx_;
+  grpc::ServerReaderWriter<v1::SubscribeResponse, v1::SubscribeRequest>* stream_;
+  std::chrono::milliseconds heartbeat_{5000};
+  std::chrono::steady_clock::time_point last_write_;
+  // Writer thread only.
+  std::set<std::string> filters_;
+  std::map<uint32_t, Part> parts_;
+  // Shared with the reader thread and watchers.
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int64_t credit_ = 0;
+  std::deque<v1::SubscribeChange> changes_;
+  bool wake_ = true;
+  bool closed_ = false;
+};
+
+grpc::Status BrokerService::Subscribe(
+    grpc::ServerContext* ctx,
+    grpc::ServerReaderWriter<v1::SubscribeResponse, v1::SubscribeRequest>* stream) {
+  Subscription sub(*this, ctx, stream);
+  return sub.Run();
+}
+
+}  // namespace herald::cluster
