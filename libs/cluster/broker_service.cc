@@ -1,6 +1,7 @@
 #include "libs/cluster/broker_service.h"
 
 #include <atomic>
+#include <charconv>
 
 #include "libs/common/partitioning.h"
 #include "libs/common/strings.h"
@@ -34,9 +35,12 @@ void BrokerService::SetNotLeader(raft::NodeId leader, uint64_t term, v1::ErrorIn
   if (it != options_.broker_addresses.end()) {
     const std::string& addr = it->second;
     size_t colon = addr.rfind(':');
+    uint32_t port = 0;
+    if (colon != std::string::npos) {
+      std::from_chars(addr.data() + colon + 1, addr.data() + addr.size(), port);
+    }
     hint->mutable_endpoint()->set_host(addr.substr(0, colon));
-    hint->mutable_endpoint()->set_port(
-        colon == std::string::npos ? 0 : std::stoul(addr.substr(colon + 1)));
+    hint->mutable_endpoint()->set_port(port);
   }
 }
 

@@ -50,8 +50,12 @@ absl::StatusOr<std::map<raft::NodeId, std::string>> ParsePeers(const CoreNodeCon
   for (const std::string& p : c.peers) {
     size_t eq = p.find('=');
     uint64_t id = 0;
+    size_t colon = p.rfind(':');
+    uint32_t port = 0;
     if (eq == std::string::npos || std::from_chars(p.data(), p.data() + eq, id).ec != std::errc() ||
-        id == 0 || eq + 1 == p.size()) {
+        id == 0 || colon == std::string::npos || colon < eq + 2 ||
+        std::from_chars(p.data() + colon + 1, p.data() + p.size(), port).ec != std::errc() ||
+        port == 0 || port > 65535) {
       return absl::InvalidArgumentError(StrCat("cluster.peers: '", p, "' is not id=host:port"));
     }
     if (!peers.emplace(id, p.substr(eq + 1)).second) {
@@ -111,12 +115,20 @@ absl::Status CoreNode::Start(const std::string& data_dir) {
   bo.partition_count = static_cast<uint32_t>(config_.partitions);
   bo.broker_addresses = *peers;
   broker_service_ = std::make_unique<BrokerService>(*host_, bo);
+  AdminServiceOptions ao;
+  ao.node_id = config_.node_id;
+  ao.cluster_id = config_.cluster_id;
+  ao.partition_count = static_cast<uint32_t>(config_.partitions);
+  ao.replication_factor = config_.replication_factor;
+  ao.node_addresses = *peers;
+  admin_service_ = std::make_unique<AdminService>(*host_, ao);
 
   grpc::ServerBuilder builder;
   int port = 0;
   builder.AddListeningPort(config_.listen, grpc::InsecureServerCredentials(), &port);
   builder.RegisterService(raft_service_.get());
   builder.RegisterService(broker_service_.get());
+  builder.RegisterService(admin_service_.get());
   builder.SetMaxReceiveMessageSize(64 << 20);
   server_ = builder.BuildAndStart();
   if (!server_ || port == 0) {
@@ -151,6 +163,7 @@ void CoreNode::Stop() {
   transport_.reset();
   host_.reset();
   broker_service_.reset();
+  admin_service_.reset();
   raft_service_.reset();
   engine_.reset();
 }

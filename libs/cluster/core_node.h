@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "libs/cluster/admin_service.h"
 #include "libs/cluster/broker_service.h"
 #include "libs/cluster/core_metrics.h"
 #include "libs/cluster/grpc_transport.h"
@@ -71,6 +72,7 @@ class CoreNode {
   std::unique_ptr<RaftHost> host_;
   std::unique_ptr<RaftTransportService> raft_service_;
   std::unique_ptr<BrokerService> broker_service_;
+  std::unique_ptr<AdminService> admin_service_;
   std::unique_ptr<grpc::Server> server_;
   std::string address_;
   bool peers_single_node_ = true;

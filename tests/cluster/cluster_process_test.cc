@@ -17,57 +17,17 @@
 #include "libs/broker/partition_state_machine.h"
 #include "libs/common/partitioning.h"
 #include "libs/storage/engine.h"
-#include "tests/support/process.h"
+#include "tests/support/core_cluster.h"
 
 namespace herald {
 namespace {
 
 using namespace std::chrono_literals;
-using testing::Process;
+using testing::CoreCluster;
 
 constexpr int kNodes = 3;
 constexpr uint32_t kPartitions = 8;
 constexpr int kTopics = 20;
-
-class CoreCluster {
- public:
-  explicit CoreCluster(const std::string& root) : root_(root) {
-    for (int i = 0; i < kNodes; ++i) ports_.push_back(testing::PickFreePort());
-    for (int i = 0; i < kNodes; ++i) {
-      if (!peers_.empty()) peers_ += ",";
-      peers_ += std::to_string(i + 1) + "=127.0.0.1:" + std::to_string(ports_[i]);
-    }
-    procs_.resize(kNodes);
-  }
-
-  void Start(int i) {
-    procs_[i] = std::make_unique<Process>(
-        "herald-core",
-        std::vector<std::string>{
-            "--core.node_id=" + std::to_string(i + 1),
-            "--core.listen=127.0.0.1:" + std::to_string(ports_[i]), "--cluster.peers=" + peers_,
-            "--cluster.partitions=" + std::to_string(kPartitions), "--raft.tick=50ms",
-            "--admin.listen=127.0.0.1:0", "--data_dir=" + DataDir(i), "--net.loops=1"});
-    ASSERT_FALSE(procs_[i]->WaitForLine("herald-core ready").empty()) << procs_[i]->log();
-  }
-  void Kill(int i) {
-    procs_[i]->Signal(SIGKILL);
-    procs_[i]->Wait(5s);
-  }
-  void StopGracefully(int i) {
-    procs_[i]->Signal(SIGTERM);
-    EXPECT_EQ(procs_[i]->Wait(10s), 0) << procs_[i]->log();
-  }
-  void Signal(int i, int sig) { procs_[i]->Signal(sig); }
-  std::string Address(int i) const { return "127.0.0.1:" + std::to_string(ports_[i]); }
-  std::string DataDir(int i) const { return root_ + "/node" + std::to_string(i + 1); }
-
- private:
-  std::string root_;
-  std::vector<int> ports_;
-  std::string peers_;
-  std::vector<std::unique_ptr<Process>> procs_;
-};
 
 // A publisher that finds partition leaders and retries with the same idempotency keys.
 class Publisher {
@@ -201,8 +161,9 @@ TEST(ClusterProcessTest, AcknowledgedMessagesSurviveKillStopAndFullRestart) {
   char tmpl[] = "/tmp/herald-cluster-XXXXXX";
   ASSERT_NE(::mkdtemp(tmpl), nullptr);
   std::string root = tmpl;
-  CoreCluster cluster(root);
-  for (int i = 0; i < kNodes; ++i) cluster.Start(i);
+  CoreCluster cluster(root, kNodes, kPartitions);
+  std::string error;
+  for (int i = 0; i < kNodes; ++i) ASSERT_TRUE(cluster.Start(i, &error)) << error;
   Publisher pub(cluster);
 
   History acked;
@@ -220,7 +181,7 @@ TEST(ClusterProcessTest, AcknowledgedMessagesSurviveKillStopAndFullRestart) {
     }
     if (base == total / 2 && killed >= 0) {
       std::printf("restart node %d\n", killed + 1);
-      cluster.Start(killed);
+      ASSERT_TRUE(cluster.Start(killed, &error)) << error;
     }
     if (base == total * 6 / 10) {
       stopped = (pub.LeaderOf(1) + 1) % kNodes;
@@ -236,7 +197,7 @@ TEST(ClusterProcessTest, AcknowledgedMessagesSurviveKillStopAndFullRestart) {
     if (base == total * 8 / 10) {
       std::printf("kill -9 every node, then restart them all\n");
       for (int i = 0; i < kNodes; ++i) cluster.Kill(i);
-      for (int i = 0; i < kNodes; ++i) cluster.Start(i);
+      for (int i = 0; i < kNodes; ++i) ASSERT_TRUE(cluster.Start(i, &error)) << error;
     }
 
     std::map<uint32_t, std::vector<v1::Message>> parts;
@@ -269,7 +230,7 @@ TEST(ClusterProcessTest, AcknowledgedMessagesSurviveKillStopAndFullRestart) {
   EXPECT_TRUE(ByTopic(all) == acked) << "leaders' history differs from what was acknowledged";
 
   // From every replica's own state, after an orderly stop.
-  for (int i = 0; i < kNodes; ++i) cluster.StopGracefully(i);
+  for (int i = 0; i < kNodes; ++i) EXPECT_EQ(cluster.StopGracefully(i), 0);
   for (int i = 0; i < kNodes; ++i) {
     History replica = ByTopic(ReadReplica(cluster.DataDir(i)));
     size_t n = 0;
