@@ -1,15 +1,19 @@
-// herald: the all-in-one broker: one core node (every partition, one replica) and, as they come,
-// the edge's client protocols, in one process.
+// herald: the all-in-one broker: one core node (every partition, one replica) and the edge's
+// client protocols (MQTT), in one process. The edge reaches the core over gRPC on loopback.
 #include <memory>
 
+#include "libs/admin/process_metrics.h"
 #include "libs/cluster/core_node.h"
+#include "libs/edge/edge.h"
 #include "libs/service/service_main.h"
 
 int main(int argc, char** argv, char** envp) {
   herald::cluster::CoreNodeConfig core;
   core.partitions = 8;
   core.replication_factor = 1;
+  herald::edge::EdgeConfig edge_config;
   std::unique_ptr<herald::cluster::CoreNode> node;
+  std::unique_ptr<herald::edge::Edge> edge;
 
   herald::service::ServiceSpec spec;
   spec.component = "herald";
@@ -18,12 +22,24 @@ int main(int argc, char** argv, char** envp) {
       "usage: herald [--config FILE] [--option=value ...]";
   spec.default_admin_listen = "0.0.0.0:8081";
   spec.default_data_dir = "var/herald";
-  spec.add_options = [&](herald::ConfigSchema& schema) { core.AddOptions(schema); };
+  spec.add_options = [&](herald::ConfigSchema& schema) {
+    core.AddOptions(schema);
+    edge_config.AddOptions(schema, /*standalone=*/false);
+  };
   spec.start = [&](herald::service::ServiceContext& ctx) {
     node = std::make_unique<herald::cluster::CoreNode>(core);
     ctx.metrics.AddCollector(node->metrics_collector());
-    return node->Start(ctx.config.data_dir);
+    if (absl::Status s = node->Start(ctx.config.data_dir); !s.ok()) return s;
+    edge_config.core_addresses = {node->address()};
+    edge_config.partitions = core.partitions;
+    edge = std::make_unique<herald::edge::Edge>(edge_config);
+    if (absl::Status s = edge->Start(ctx.loops); !s.ok()) return s;
+    herald::admin::RegisterConnectionMetrics(ctx.metrics, "mqtt", edge->mqtt_stats());
+    return absl::OkStatus();
   };
-  spec.stop = [&] { node.reset(); };
+  spec.stop = [&] {
+    edge.reset();
+    node.reset();
+  };
   return herald::service::ServiceMain(argc, argv, envp, spec);
 }

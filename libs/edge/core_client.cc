@@ -1,0 +1,661 @@
+#include "libs/edge/core_client.h"
+
+#include <spdlog/spdlog.h>
+
+#include <deque>
+#include <random>
+
+#include "libs/common/partitioning.h"
+#include "libs/common/strings.h"
+
+namespace herald::edge {
+
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+uint64_t RandomProducerId() {
+  std::random_device rd;
+  uint64_t id = (static_cast<uint64_t>(rd()) << 32) ^ rd();
+  return id == 0 ? 1 : id;
+}
+
+absl::Status ToAbsl(const grpc::Status& s) {
+  return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
+}  // namespace
+
+// One Publish() call: done runs when `remaining` reaches zero or at the first failure.
+struct CoreClient::Pending {
+  PublishCallback done;
+  size_t remaining = 0;
+  bool finished = false;
+  Clock::time_point deadline;
+};
+
+struct CoreClient::PartitionQueue {
+  struct Item {
+    v1::Message message;
+    std::shared_ptr<Pending> pending;
+  };
+  uint64_t producer_id = 0;
+  uint64_t next_sequence = 1;
+  size_t leader = 0;  // index into stubs_
+  std::deque<Item> queue;
+  bool in_flight = false;
+  bool retry_scheduled = false;
+};
+
+struct CoreClient::Call {
+  uint32_t partition = 0;
+  size_t server = 0;
+  grpc::ClientContext ctx;
+  v1::PublishRequest request;
+  v1::PublishResponse response;
+  size_t count = 0;  // items at the front of the partition queue this call carries
+};
+
+struct CoreClient::Stream {
+  size_t index = 0;
+  std::thread thread;
+  std::mutex write_mu;  // serializes writes to `rw`
+  std::shared_ptr<grpc::ClientContext> ctx;
+  std::unique_ptr<grpc::ClientReaderWriter<v1::SubscribeRequest, v1::SubscribeResponse>> rw;
+  // Guarded by CoreClient::mu_:
+  bool up = false;
+  uint64_t next_change_id = 1;
+  std::map<uint64_t, std::vector<std::string>> changes;  // change id -> filters added
+  std::set<uint32_t> partitions;                         // attached (or to attach at start)
+  std::set<uint32_t> attached;                           // confirmed by a change_applied
+  bool ended_once = false;                               // the stream failed or ended at least once
+};
+
+CoreClient::CoreClient(CoreClientOptions options, DeliveryCallback on_delivery)
+    : options_(std::move(options)), on_delivery_(std::move(on_delivery)) {
+  for (const auto& a : options_.addresses) {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    channels_.push_back(grpc::CreateCustomChannel(a, grpc::InsecureChannelCredentials(), args));
+    stubs_.push_back(v1::Broker::NewStub(channels_.back()));
+  }
+  uint64_t producer = RandomProducerId();
+  std::lock_guard<std::mutex> l(mu_);
+  for (uint32_t p = 0; p < options_.partitions; ++p) {
+    auto q = std::make_unique<PartitionQueue>();
+    q->producer_id = producer;
+    q->leader = stubs_.empty() ? 0 : p % stubs_.size();
+    queues_.push_back(std::move(q));
+  }
+}
+
+CoreClient::~CoreClient() { Shutdown(); }
+
+absl::Status CoreClient::Start() {
+  if (options_.addresses.empty()) return absl::InvalidArgumentError("no core address");
+  if (options_.partitions == 0) return absl::InvalidArgumentError("partition count is 0");
+  started_ = true;
+  timer_thread_ = std::thread([this] { RunTimers(); });
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    for (size_t i = 0; i < stubs_.size(); ++i) {
+      auto s = std::make_unique<Stream>();
+      s->index = i;
+      streams_.push_back(std::move(s));
+    }
+    for (uint32_t p = 0; p < options_.partitions; ++p) {
+      streams_[p % streams_.size()]->partitions.insert(p);
+    }
+  }
+  for (auto& s : streams_) {
+    Stream* raw = s.get();
+    s->thread = std::thread([this, raw] { RunStream(raw); });
+  }
+  return absl::OkStatus();
+}
+
+void CoreClient::Shutdown() {
+  std::vector<std::shared_ptr<Pending>> failed;
+  {
+    std::unique_lock<std::mutex> l(mu_);
+    if (shutdown_) return;
+    shutdown_ = true;
+    for (auto& q : queues_) {
+      // Items of an in-flight call stay until it returns.
+      for (auto& item : q->queue) failed.push_back(item.pending);
+    }
+    for (Call* c : calls_) c->ctx.TryCancel();
+    for (auto& s : streams_) {
+      if (s->ctx) s->ctx->TryCancel();
+    }
+    cv_.notify_all();
+  }
+  for (auto& p : failed) FinishPending(p, absl::UnavailableError("edge shutting down"));
+  for (auto& s : streams_) {
+    if (s->thread.joinable()) s->thread.join();
+  }
+  if (timer_thread_.joinable()) timer_thread_.join();
+  std::unique_lock<std::mutex> l(mu_);
+  cv_.wait(l, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return calls_.empty(); });
+  for (auto& q : queues_) q->queue.clear();
+  filter_waiters_.clear();
+}
+
+void CoreClient::RunAfter(std::chrono::milliseconds delay, std::function<void()> fn) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (shutdown_) return;
+  timers_.emplace(Clock::now() + delay, std::move(fn));
+  cv_.notify_all();
+}
+
+void CoreClient::RunTimers() {
+  std::unique_lock<std::mutex> l(mu_);
+  while (!shutdown_) {
+    if (timers_.empty()) {
+      cv_.wait(l);
+      continue;
+    }
+    auto first = timers_.begin();
+    if (first->first > Clock::now()) {
+      cv_.wait_until(l, first->first);
+      continue;
+    }
+    std::function<void()> fn = std::move(first->second);
+    timers_.erase(first);
+    l.unlock();
+    fn();
+    l.lock();
+  }
+  timers_.clear();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Publish
+
+void CoreClient::Publish(std::vector<v1::Message> messages, PublishCallback done) {
+  auto pending = std::make_shared<Pending>();
+  pending->done = std::move(done);
+  pending->remaining = messages.size();
+  pending->deadline = Clock::now() + options_.publish_timeout;
+  if (messages.empty()) {
+    FinishPending(pending, absl::OkStatus());
+    return;
+  }
+  absl::Status refused;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (shutdown_ || !started_) {
+      refused = absl::UnavailableError("core client not running");
+    }
+    for (const auto& m : messages) {
+      if (!refused.ok()) break;
+      uint32_t p = PartitionFor(m.topic(), options_.partitions);
+      if (queues_[p]->queue.size() >= options_.max_queued_per_partition) {
+        refused = absl::ResourceExhaustedError(
+            StrCat("partition ", p, " has ", queues_[p]->queue.size(), " messages waiting"));
+      }
+    }
+    if (refused.ok()) {
+      std::set<uint32_t> touched;
+      for (auto& m : messages) {
+        uint32_t p = PartitionFor(m.topic(), options_.partitions);
+        PartitionQueue& q = *queues_[p];
+        m.set_partition(p);
+        m.set_producer_id(q.producer_id);
+        m.set_sequence(q.next_sequence++);
+        q.queue.push_back({std::move(m), pending});
+        touched.insert(p);
+      }
+      for (uint32_t p : touched) MaybeSendLocked(p);
+    }
+  }
+  if (!refused.ok()) FinishPending(pending, refused);
+}
+
+void CoreClient::FinishPending(const std::shared_ptr<Pending>& p, const absl::Status& s) {
+  PublishCallback cb;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (p->finished) return;
+    if (s.ok() && --p->remaining > 0) return;
+    p->finished = true;
+    cb = std::move(p->done);
+  }
+  if (cb) cb(s);
+}
+
+void CoreClient::MaybeSendLocked(uint32_t partition) {
+  PartitionQueue& q = *queues_[partition];
+  if (q.in_flight || q.retry_scheduled || q.queue.empty() || shutdown_) return;
+  // Everything queued goes out (up to max_batch), including messages whose caller stopped
+  // waiting: a later sequence can only be accepted once the earlier ones are resolved.
+  auto* call = new Call();
+  call->partition = partition;
+  call->server = q.leader;
+  for (auto& item : q.queue) {
+    if (call->count >= options_.max_batch) break;
+    *call->request.add_messages() = item.message;
+    ++call->count;
+  }
+  call->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  q.in_flight = true;
+  calls_.insert(call);
+  stubs_[call->server]->async()->Publish(
+      &call->ctx, &call->request, &call->response,
+      [this, call](grpc::Status status) { OnPublishDone(call, status); });
+}
+
+size_t CoreClient::LeaderIndexLocked(uint32_t, const v1::ErrorInfo* error, size_t current) {
+  size_t n = stubs_.size();
+  if (error != nullptr && error->has_leader_hint()) {
+    const auto& hint = error->leader_hint();
+    if (hint.has_endpoint() && !hint.endpoint().host().empty()) {
+      std::string ep = StrCat(hint.endpoint().host(), ":", hint.endpoint().port());
+      for (size_t i = 0; i < n; ++i) {
+        if (options_.addresses[i] == ep) return i;
+      }
+    }
+    if (hint.node_id() != 0 && hint.node_id() <= n) return hint.node_id() - 1;
+  }
+  return (current + 1) % n;
+}
+
+void CoreClient::OnPublishDone(Call* call, const grpc::Status& status) {
+  std::vector<std::pair<std::shared_ptr<Pending>, absl::Status>> finished;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    PartitionQueue& q = *queues_[call->partition];
+    q.in_flight = false;
+    calls_.erase(call);
+    size_t committed = 0;
+    const v1::ErrorInfo* error = nullptr;
+    if (status.ok()) {
+      for (const auto& r : call->response.results()) {
+        if (r.partition() != call->partition && !partition_mismatch_logged_) {
+          partition_mismatch_logged_ = true;
+          spdlog::error(
+              "the core put a message in partition {} where this edge expected {}: the edge's "
+              "partition count ({}) differs from the cluster's; subscriptions will miss messages",
+              r.partition(), call->partition, options_.partitions);
+        }
+        if (r.has_error() && r.error().code() != v1::ERROR_CODE_DUPLICATE) {
+          error = &r.error();
+          break;
+        }
+        ++committed;
+      }
+      if (committed < call->count && error == nullptr) {
+        spdlog::warn("core answered {} results for {} messages", committed, call->count);
+      }
+    }
+    for (size_t i = 0; i < committed && !q.queue.empty(); ++i) {
+      finished.emplace_back(q.queue.front().pending, absl::OkStatus());
+      q.queue.pop_front();
+    }
+    bool retry = committed < call->count;
+    if (retry && !shutdown_) {
+      bool permanent = false;
+      absl::Status why =
+          status.ok()
+              ? absl::UnavailableError(StrCat("publish failed: ", error ? error->message() : ""))
+              : ToAbsl(status);
+      if (error != nullptr) {
+        switch (error->code()) {
+          case v1::ERROR_CODE_NOT_LEADER:
+            q.leader = LeaderIndexLocked(call->partition, error, call->server);
+            break;
+          case v1::ERROR_CODE_OUT_OF_ORDER_SEQUENCE: {
+            // Not committed, provably: resend under a fresh producer id, sequences from 1.
+            q.producer_id = RandomProducerId();
+            q.next_sequence = 1;
+            for (auto& item : q.queue) {
+              item.message.set_producer_id(q.producer_id);
+              item.message.set_sequence(q.next_sequence++);
+            }
+            break;
+          }
+          case v1::ERROR_CODE_PARTITION_UNAVAILABLE:
+          case v1::ERROR_CODE_OUTCOME_UNKNOWN:
+          case v1::ERROR_CODE_SHUTTING_DOWN:
+            if (error->has_leader_hint() && error->leader_hint().node_id() != 0) {
+              q.leader = LeaderIndexLocked(call->partition, error, call->server);
+            }
+            break;
+          default:
+            permanent = true;  // INVALID_ARGUMENT, MESSAGE_TOO_LARGE...: retrying cannot help
+            break;
+        }
+      } else if (!status.ok()) {
+        if (status.error_code() == grpc::StatusCode::INVALID_ARGUMENT) {
+          permanent = true;
+        } else if (status.error_code() == grpc::StatusCode::UNAVAILABLE) {
+          q.leader = LeaderIndexLocked(call->partition, nullptr, call->server);
+        }
+      }
+      if (permanent && !q.queue.empty()) {
+        // Fail the first message; the rest are sent again (with sequences that now skip it, so
+        // give them a fresh producer id).
+        finished.emplace_back(q.queue.front().pending, absl::InvalidArgumentError(StrCat(
+                                                           "publish refused: ", why.message())));
+        q.queue.pop_front();
+        q.producer_id = RandomProducerId();
+        q.next_sequence = 1;
+        for (auto& item : q.queue) {
+          item.message.set_producer_id(q.producer_id);
+          item.message.set_sequence(q.next_sequence++);
+        }
+      }
+      // Give up on callers whose deadline passed (their messages may still be committed later:
+      // the outcome is unknown, which is what DEADLINE_EXCEEDED means to the caller).
+      auto now = Clock::now();
+      for (auto& item : q.queue) {
+        if (item.pending->deadline < now) {
+          finished.emplace_back(item.pending,
+                                absl::DeadlineExceededError(StrCat("publish: ", why.message())));
+        }
+      }
+      if (!permanent) {
+        q.retry_scheduled = true;
+        uint32_t partition = call->partition;
+        uint32_t after =
+            error != nullptr && error->retry_after_ms() > 0 ? error->retry_after_ms() : 50;
+        timers_.emplace(now + std::chrono::milliseconds(after), [this, partition] {
+          std::lock_guard<std::mutex> l(mu_);
+          queues_[partition]->retry_scheduled = false;
+          MaybeSendLocked(partition);
+        });
+        cv_.notify_all();
+      }
+    }
+    MaybeSendLocked(call->partition);
+    cv_.notify_all();
+  }
+  delete call;
+  for (auto& [p, s] : finished) FinishPending(p, s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subscribe
+
+void CoreClient::AddFilter(const std::string& filter, std::function<void()> applied) {
+  std::vector<std::pair<Stream*, uint64_t>> writes;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (shutdown_) return;
+    int& refs = filter_refs_[filter];
+    if (++refs > 1) {
+      auto it = filter_waiters_.find(filter);
+      if (it == filter_waiters_.end()) {
+        if (applied) applied();
+      } else if (applied) {
+        it->second.callbacks.push_back(std::move(applied));
+      }
+      return;
+    }
+    FilterWaiters w;
+    for (auto& s : streams_) {
+      if (!s->up) continue;  // it gets the filter in its start message
+      uint64_t id = s->next_change_id++;
+      s->changes[id] = {filter};
+      w.streams.insert(s.get());
+      writes.emplace_back(s.get(), id);
+    }
+    if (w.streams.empty()) {
+      if (applied) applied();
+    } else {
+      if (applied) w.callbacks.push_back(std::move(applied));
+      filter_waiters_[filter] = std::move(w);
+    }
+  }
+  for (auto& [s, id] : writes) {
+    v1::SubscribeRequest req;
+    req.mutable_change()->set_change_id(id);
+    req.mutable_change()->add_add_filters(filter);
+    std::lock_guard<std::mutex> wl(s->write_mu);
+    if (s->rw) s->rw->Write(req);
+  }
+}
+
+void CoreClient::RemoveFilter(const std::string& filter) {
+  std::vector<std::pair<Stream*, uint64_t>> writes;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (shutdown_) return;
+    auto it = filter_refs_.find(filter);
+    if (it == filter_refs_.end() || --it->second > 0) return;
+    filter_refs_.erase(it);
+    // Waiters of a filter removed before it applied are released now.
+    if (auto w = filter_waiters_.find(filter); w != filter_waiters_.end()) {
+      for (auto& cb : w->second.callbacks) cb();
+      filter_waiters_.erase(w);
+    }
+    for (auto& s : streams_) {
+      if (!s->up) continue;
+      uint64_t id = s->next_change_id++;
+      s->changes[id] = {};
+      writes.emplace_back(s.get(), id);
+    }
+  }
+  for (auto& [s, id] : writes) {
+    v1::SubscribeRequest req;
+    req.mutable_change()->set_change_id(id);
+    req.mutable_change()->add_remove_filters(filter);
+    std::lock_guard<std::mutex> wl(s->write_mu);
+    if (s->rw) s->rw->Write(req);
+  }
+}
+
+bool CoreClient::WaitUntilAttached(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> l(mu_);
+  cv_.wait_for(l, timeout, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    size_t n = 0;
+    bool all_unreachable = true;  // no point waiting for core nodes that cannot be reached
+    for (auto& s : streams_) {
+      n += s->attached.size();
+      all_unreachable = all_unreachable && s->ended_once && !s->up;
+    }
+    return shutdown_ || all_unreachable || n >= options_.partitions;
+  });
+  size_t n = 0;
+  for (auto& s : streams_) n += s->attached.size();
+  return !shutdown_ && n >= options_.partitions;
+}
+
+void CoreClient::ChangeAppliedLocked(Stream* s, const v1::SubscribeChangeApplied& applied) {
+  for (const auto& pos : applied.switch_positions()) {
+    if (s->partitions.contains(pos.partition())) s->attached.insert(pos.partition());
+  }
+  cv_.notify_all();
+  auto it = s->changes.find(applied.change_id());
+  if (it == s->changes.end()) return;
+  for (const auto& f : it->second) {
+    auto w = filter_waiters_.find(f);
+    if (w == filter_waiters_.end()) continue;
+    w->second.streams.erase(s);
+    if (w->second.streams.empty()) {
+      for (auto& cb : w->second.callbacks) cb();
+      filter_waiters_.erase(w);
+    }
+  }
+  s->changes.erase(it);
+}
+
+void CoreClient::StreamDownLocked(Stream* s) {
+  s->up = false;
+  s->ended_once = true;
+  cv_.notify_all();
+  s->attached.clear();
+  s->changes.clear();
+  for (auto it = filter_waiters_.begin(); it != filter_waiters_.end();) {
+    it->second.streams.erase(s);
+    if (it->second.streams.empty()) {
+      for (auto& cb : it->second.callbacks) cb();
+      it = filter_waiters_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void CoreClient::AttachPartition(uint32_t partition, size_t stream_index) {
+  Stream* s = streams_[stream_index].get();
+  uint64_t id;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (shutdown_) return;
+    for (auto& other : streams_) other->partitions.erase(partition);
+    s->partitions.insert(partition);
+    if (!s->up) return;  // attached by the stream's next start
+    id = s->next_change_id++;
+    s->changes[id] = {};
+  }
+  v1::SubscribeRequest req;
+  req.mutable_change()->set_change_id(id);
+  auto* ps = req.mutable_change()->add_add_partitions();
+  ps->set_partition(partition);
+  ps->set_mode(v1::START_MODE_LATEST);
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (auto it = resume_.find(partition); it != resume_.end()) {
+      // Moved from another node: carry on after the last position seen there.
+      ps->set_mode(v1::START_MODE_AFTER_POSITION);
+      ps->set_epoch(it->second.epoch());
+      ps->set_offset(it->second.offset());
+    }
+  }
+  std::lock_guard<std::mutex> wl(s->write_mu);
+  if (s->rw) s->rw->Write(req);
+}
+
+void CoreClient::ProcessStopped(Stream* s, const v1::PartitionStopped& stopped) {
+  uint32_t p = stopped.partition();
+  size_t target = s->index;
+  std::chrono::milliseconds delay{200};
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    s->partitions.erase(p);
+    s->attached.erase(p);
+    if (stopped.has_last_position() && stopped.error().code() == v1::ERROR_CODE_NOT_LEADER) {
+      resume_[p] = stopped.last_position();
+    }
+    if (stopped.error().code() == v1::ERROR_CODE_NOT_LEADER &&
+        stopped.error().leader_hint().node_id() != 0) {
+      target = LeaderIndexLocked(p, &stopped.error(), s->index);
+      if (target != s->index) delay = std::chrono::milliseconds(0);
+    } else if (stopped.error().code() == v1::ERROR_CODE_NOT_LEADER) {
+      target = (s->index + 1) % streams_.size();
+    }
+  }
+  spdlog::debug("partition {} stopped on {} ({}); attaching on {}", p, options_.addresses[s->index],
+                stopped.error().message(), options_.addresses[target]);
+  RunAfter(delay, [this, p, target] { AttachPartition(p, target); });
+}
+
+void CoreClient::RunStream(Stream* s) {
+  const std::string& address = options_.addresses[s->index];
+  auto backoff = std::chrono::milliseconds(100);
+  while (true) {
+    v1::SubscribeRequest start;
+    auto ctx = std::make_shared<grpc::ClientContext>();
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (shutdown_) return;
+      auto* st = start.mutable_start();
+      st->set_edge_id(options_.edge_id);
+      for (uint32_t p : s->partitions) {
+        auto* ps = st->add_partitions();
+        ps->set_partition(p);
+        ps->set_mode(v1::START_MODE_LATEST);
+        if (auto it = resume_.find(p); it != resume_.end()) {
+          ps->set_mode(v1::START_MODE_AFTER_POSITION);
+          ps->set_epoch(it->second.epoch());
+          ps->set_offset(it->second.offset());
+        }
+      }
+      for (const auto& [f, refs] : filter_refs_) st->add_filters(f);
+      st->set_initial_credit_bytes(options_.stream_credit_bytes);
+      st->set_heartbeat_interval_ms(5000);
+      s->ctx = ctx;
+      s->next_change_id = 1;
+      s->changes.clear();
+    }
+    auto rw = stubs_[s->index]->Subscribe(ctx.get());
+    bool wrote;
+    {
+      std::lock_guard<std::mutex> wl(s->write_mu);
+      wrote = rw->Write(start);
+      s->rw = std::move(rw);
+    }
+    if (wrote) {
+      // An empty change: its change_applied lists the partitions the start attached.
+      v1::SubscribeRequest probe;
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        s->up = true;
+        uint64_t id = s->next_change_id++;
+        s->changes[id] = {};
+        probe.mutable_change()->set_change_id(id);
+      }
+      std::lock_guard<std::mutex> wl(s->write_mu);
+      wrote = s->rw->Write(probe);
+    }
+    uint64_t consumed = 0;
+    v1::SubscribeResponse resp;
+    std::vector<const v1::Message*> batch;
+    while (wrote && s->rw->Read(&resp)) {
+      backoff = std::chrono::milliseconds(100);
+      switch (resp.event_case()) {
+        case v1::SubscribeResponse::kDeliveries: {
+          batch.clear();
+          for (const auto& pm : resp.deliveries().partitions()) {
+            for (const auto& m : pm.messages()) {
+              batch.push_back(&m);
+              consumed += m.ByteSizeLong();
+            }
+          }
+          if (!batch.empty() && on_delivery_) on_delivery_(batch);
+          if (consumed >= options_.stream_credit_bytes / 4) {
+            v1::SubscribeRequest credit;
+            credit.mutable_credit()->set_bytes(consumed);
+            consumed = 0;
+            std::lock_guard<std::mutex> wl(s->write_mu);
+            s->rw->Write(credit);
+          }
+          break;
+        }
+        case v1::SubscribeResponse::kChangeApplied: {
+          std::lock_guard<std::mutex> l(mu_);
+          ChangeAppliedLocked(s, resp.change_applied());
+          break;
+        }
+        case v1::SubscribeResponse::kStopped:
+          ProcessStopped(s, resp.stopped());
+          break;
+        case v1::SubscribeResponse::kGap:
+          spdlog::warn("subscribe stream {}: gap on partition {}", address, resp.gap().partition());
+          break;
+        default:
+          break;
+      }
+    }
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      StreamDownLocked(s);
+    }
+    std::unique_ptr<grpc::ClientReaderWriter<v1::SubscribeRequest, v1::SubscribeResponse>> old;
+    {
+      std::lock_guard<std::mutex> wl(s->write_mu);
+      old = std::move(s->rw);
+    }
+    ctx->TryCancel();
+    grpc::Status st = old->Finish();
+    std::unique_lock<std::mutex> l(mu_);
+    if (shutdown_) return;
+    spdlog::warn("subscribe stream to {} ended ({}: {}); reconnecting", address,
+                 static_cast<int>(st.error_code()), st.error_message());
+    cv_.wait_for(l, backoff, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return shutdown_; });
+    backoff = std::min(backoff * 2, std::chrono::milliseconds(2000));
+  }
+}
+
+}  // namespace herald::edge

@@ -1,0 +1,148 @@
+// CoreClient: the edge's gRPC client of the core's Broker API (proto/herald/v1/broker.proto).
+//
+// Publishing: messages are queued per partition and sent to the partition's leader (learned
+// from NOT_LEADER hints), at most one Publish request in flight per partition; whatever queued
+// while a request was in flight goes out in the next one, so concurrent publishes are batched.
+// Every message carries this edge's producer id and the partition's next sequence number, and a
+// retry resends the same (producer id, sequence), so the core appends it at most once.
+//
+// Subscribing: one Subscribe stream per core address, each with its own reader thread, carrying
+// the union of the filters the edge's clients hold (reference-counted here) and the partitions
+// that address leads. Every partition is attached once, live (START_MODE_LATEST) the first time
+// and after the last position seen when it moves; a partition stopped with NOT_LEADER is
+// attached again on the hinted node. Credit is granted back as deliveries are consumed.
+//
+// Threading: every method is thread-safe. Callbacks run on gRPC or CoreClient threads; they
+// must not block (post to an event loop instead) and must not call Shutdown().
+#pragma once
+
+#include <grpcpp/grpcpp.h>
+
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
+#include "herald/v1/broker.grpc.pb.h"
+#include "libs/edge/core_api.h"
+
+namespace herald::edge {
+
+struct CoreClientOptions {
+  // Core node addresses ("host:port"). Node id i (1-based) is taken to be addresses[i-1] when
+  // a NOT_LEADER hint names a node without an endpoint.
+  std::vector<std::string> addresses;
+  // Must equal the cluster's partition count (cluster.partitions).
+  uint32_t partitions = 8;
+  // Identifies this edge on its Subscribe streams.
+  std::string edge_id = "edge";
+  // A publish that is not acknowledged within this time fails with DEADLINE_EXCEEDED (its
+  // outcome is then unknown).
+  std::chrono::milliseconds publish_timeout{15000};
+  // The most messages in one Publish request.
+  size_t max_batch = 256;
+  // Messages waiting per partition (queued or in flight); a Publish beyond it fails at once
+  // with RESOURCE_EXHAUSTED, so an unreachable partition cannot take all memory.
+  size_t max_queued_per_partition = 10000;
+  // Credit granted to each Subscribe stream at start, and topped up as it is consumed.
+  uint64_t stream_credit_bytes = 4 << 20;
+};
+
+class CoreClient final : public CoreApi {
+ public:
+  // Called with every batch of messages a Subscribe stream delivers (in offset order per
+  // partition). Runs on a stream thread.
+  using DeliveryCallback = std::function<void(const std::vector<const v1::Message*>& messages)>;
+  // OK when every message of the Publish call was committed (duplicates included).
+  using PublishCallback = std::function<void(const absl::Status& status)>;
+
+  CoreClient(CoreClientOptions options, DeliveryCallback on_delivery);
+  ~CoreClient() override;  // Shutdown()
+
+  // Starts the Subscribe streams.
+  absl::Status Start();
+  // Ends the streams, fails queued publishes with UNAVAILABLE and waits for in-flight requests
+  // and threads. Idempotent.
+  void Shutdown();
+
+  // Publishes `messages` (topic, payload, qos and attributes set; producer id, sequence and
+  // partition are filled here). `done` runs once, when all are committed or one failed.
+  void Publish(std::vector<v1::Message> messages, PublishCallback done) override;
+
+  // Adds a reference to `filter` (a valid MQTT topic filter, shared-subscription prefix
+  // stripped). `applied` runs when every connected stream has applied the filter (at once when
+  // it already had), so messages committed afterwards are delivered.
+  void AddFilter(const std::string& filter, std::function<void()> applied) override;
+  // Drops a reference; the filter leaves the streams with its last reference.
+  void RemoveFilter(const std::string& filter) override;
+
+  // Waits until every partition is attached to a stream (its leader serves it), at most
+  // `timeout`; false on timeout. A partition has no leader for a moment after a core starts.
+  bool WaitUntilAttached(std::chrono::milliseconds timeout);
+
+  uint32_t partitions() const { return options_.partitions; }
+
+ private:
+  struct Pending;
+  struct PartitionQueue;
+  struct Stream;
+  struct Call;
+
+  // Publishing.
+  void MaybeSendLocked(uint32_t partition) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void OnPublishDone(Call* call, const grpc::Status& status);
+  void FinishPending(const std::shared_ptr<Pending>& p, const absl::Status& s);
+  size_t LeaderIndexLocked(uint32_t partition, const v1::ErrorInfo* error, size_t current)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Subscribing.
+  void RunStream(Stream* s);
+  void AttachPartition(uint32_t partition, size_t stream_index);
+  void ProcessStopped(Stream* s, const v1::PartitionStopped& stopped);
+  void ChangeAppliedLocked(Stream* s, const v1::SubscribeChangeApplied& applied)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void StreamDownLocked(Stream* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Runs `fn` on the timer thread after `delay`.
+  void RunAfter(std::chrono::milliseconds delay, std::function<void()> fn);
+  void RunTimers();
+
+  const CoreClientOptions options_;
+  const DeliveryCallback on_delivery_;
+  std::vector<std::shared_ptr<grpc::Channel>> channels_;
+  std::vector<std::unique_ptr<v1::Broker::Stub>> stubs_;
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool shutdown_ ABSL_GUARDED_BY(mu_) = false;
+  bool started_ = false;
+  // Publishing state.
+  std::vector<std::unique_ptr<PartitionQueue>> queues_ ABSL_GUARDED_BY(mu_);
+  std::set<Call*> calls_ ABSL_GUARDED_BY(mu_);
+  bool partition_mismatch_logged_ ABSL_GUARDED_BY(mu_) = false;
+  // Subscribing state.
+  std::map<std::string, int> filter_refs_ ABSL_GUARDED_BY(mu_);
+  // Filters added but not yet applied everywhere: the streams still to apply them, and the
+  // callbacks to run then.
+  struct FilterWaiters {
+    std::set<Stream*> streams;
+    std::vector<std::function<void()>> callbacks;
+  };
+  std::map<std::string, FilterWaiters> filter_waiters_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::unique_ptr<Stream>> streams_;
+  // Where a partition stopped on one stream resumes on the next (its last position).
+  std::map<uint32_t, v1::PartitionPosition> resume_ ABSL_GUARDED_BY(mu_);
+  // Timers.
+  std::multimap<std::chrono::steady_clock::time_point, std::function<void()>> timers_
+      ABSL_GUARDED_BY(mu_);
+  std::thread timer_thread_;
+};
+
+}  // namespace herald::edge

@@ -1,0 +1,384 @@
+// MqttServer against real sockets on loopback with a fake core that commits every publish at
+// once and hands it straight back as a delivery.
+#include "libs/edge/mqtt_server.h"
+
+#include <gtest/gtest.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <mutex>
+
+#include "libs/net/test_util.h"
+#include "libs/protocol/mqtt/codec.h"
+
+namespace herald::edge {
+namespace {
+
+using mqtt::QoS;
+using mqtt::ReasonCode;
+using mqtt::Version;
+
+class FakeCore : public CoreApi {
+ public:
+  void Publish(std::vector<v1::Message> messages,
+               std::function<void(const absl::Status&)> done) override {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      for (const auto& m : messages) published_.push_back(m);
+      if (fail_) {
+        done(absl::UnavailableError("fake failure"));
+        return;
+      }
+    }
+    std::vector<const v1::Message*> ptrs;
+    for (const auto& m : messages) ptrs.push_back(&m);
+    if (server_ != nullptr) server_->Deliver(ptrs);
+    if (done) done(absl::OkStatus());
+  }
+  void AddFilter(const std::string& filter, std::function<void()> applied) override {
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      ++filters_[filter];
+    }
+    applied();
+  }
+  void RemoveFilter(const std::string& filter) override {
+    std::lock_guard<std::mutex> l(mu_);
+    if (--filters_[filter] == 0) filters_.erase(filter);
+  }
+  int FilterRefs(const std::string& f) {
+    std::lock_guard<std::mutex> l(mu_);
+    return filters_.count(f) ? filters_[f] : 0;
+  }
+  void set_fail(bool f) {
+    std::lock_guard<std::mutex> l(mu_);
+    fail_ = f;
+  }
+
+  MqttServer* server_ = nullptr;
+
+ private:
+  std::mutex mu_;
+  std::vector<v1::Message> published_;
+  std::map<std::string, int> filters_;
+  bool fail_ = false;
+};
+
+// A blocking MQTT client on a raw socket.
+class Client {
+ public:
+  Client(const net::SocketAddress& address, Version version)
+      : version_(version),
+        fd_(net::testing::ConnectBlocking(address, 0, std::chrono::milliseconds(3000))),
+        decoder_({.role = mqtt::Role::kClient, .version = version}) {}
+  ~Client() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+
+  void Send(const mqtt::Packet& p) {
+    std::string out;
+    ASSERT_TRUE(mqtt::Encode(p, version_, &out).ok());
+    ASSERT_TRUE(net::testing::WriteAll(fd_, out));
+  }
+  void SendRaw(std::string_view bytes) { ASSERT_TRUE(net::testing::WriteAll(fd_, bytes)); }
+
+  // The next packet, or nullopt on EOF / timeout (3 s).
+  std::optional<mqtt::Packet> Read() {
+    while (packets_.empty()) {
+      char buf[4096];
+      ssize_t n = ::recv(fd_, buf, sizeof buf, 0);
+      if (n <= 0) return std::nullopt;
+      if (decoder_.Feed(std::string_view(buf, static_cast<size_t>(n)), &packets_)) {
+        return std::nullopt;
+      }
+    }
+    mqtt::Packet p = std::move(packets_.front());
+    packets_.erase(packets_.begin());
+    return p;
+  }
+  template <typename T>
+  T Expect() {
+    std::optional<mqtt::Packet> p = Read();
+    EXPECT_TRUE(p.has_value());
+    if (!p) return T{};
+    EXPECT_TRUE(std::holds_alternative<T>(*p)) << "got " << mqtt::PacketTypeName(mqtt::TypeOf(*p));
+    if (!std::holds_alternative<T>(*p)) return T{};
+    return std::get<T>(*p);
+  }
+  // Whether the server closed the connection (EOF before any packet).
+  bool Closed() {
+    std::optional<mqtt::Packet> p = Read();
+    return !p.has_value();
+  }
+
+  mqtt::Connack Connect(std::string client_id, mqtt::Properties props = {}) {
+    Send(mqtt::Connect{
+        .keep_alive = 30, .properties = std::move(props), .client_id = std::move(client_id)});
+    return Expect<mqtt::Connack>();
+  }
+  mqtt::Suback Subscribe(const std::string& filter, QoS qos, uint16_t id = 1) {
+    Send(mqtt::Subscribe{.packet_id = id,
+                         .subscriptions = {{.topic_filter = filter, .max_qos = qos}}});
+    return Expect<mqtt::Suback>();
+  }
+
+ private:
+  Version version_;
+  int fd_;
+  mqtt::Decoder decoder_;
+  std::vector<mqtt::Packet> packets_;
+};
+
+class MqttServerTest : public ::testing::TestWithParam<Version> {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(loops_.Start().ok());
+    MqttServerOptions o;
+    o.listen = "127.0.0.1:0";
+    o.max_queued_messages = 4;
+    server_ = std::make_unique<MqttServer>(o, &core_);
+    core_.server_ = server_.get();
+    ASSERT_TRUE(server_->Start(loops_).ok());
+  }
+  void TearDown() override {
+    server_->Stop();
+    loops_.Stop();
+  }
+  std::unique_ptr<Client> NewClient(Version v) {
+    return std::make_unique<Client>(server_->address(), v);
+  }
+  Version version() const { return GetParam(); }
+
+  net::LoopGroup loops_{2, "mqtt-test"};
+  FakeCore core_;
+  std::unique_ptr<MqttServer> server_;
+};
+
+TEST_P(MqttServerTest, SubscriberReceivesQoS1PublishAfterPublisherGetsPuback) {
+  auto sub = NewClient(version());
+  EXPECT_EQ(sub->Connect("sub").reason_code, ReasonCode::kSuccess);
+  mqtt::Suback sa = sub->Subscribe("a/#", QoS::kExactlyOnce);
+  ASSERT_EQ(sa.reason_codes.size(), 1u);
+  EXPECT_EQ(sa.reason_codes[0], ReasonCode::kGrantedQoS1);  // QoS 2 downgraded to 1
+  EXPECT_EQ(core_.FilterRefs("a/#"), 1);
+
+  auto pub = NewClient(version());
+  pub->Connect("pub");
+  pub->Send(
+      mqtt::Publish{.qos = QoS::kAtLeastOnce, .topic = "a/b", .packet_id = 7, .payload = "hi"});
+  EXPECT_EQ(pub->Expect<mqtt::Puback>().packet_id, 7);
+  pub->Send(mqtt::Publish{.topic = "other", .payload = "not for sub"});
+  pub->Send(mqtt::Publish{.topic = "a/c", .payload = "qos0"});
+
+  auto m1 = sub->Expect<mqtt::Publish>();
+  EXPECT_EQ(m1.topic, "a/b");
+  EXPECT_EQ(m1.payload, "hi");
+  EXPECT_EQ(m1.qos, QoS::kAtLeastOnce);
+  EXPECT_NE(m1.packet_id, 0);
+  sub->Send(mqtt::Puback{.packet_id = m1.packet_id});
+  auto m2 = sub->Expect<mqtt::Publish>();
+  EXPECT_EQ(m2.topic, "a/c");
+  EXPECT_EQ(m2.qos, QoS::kAtMostOnce);
+
+  sub->Send(mqtt::Unsubscribe{.packet_id = 2, .topic_filters = {"a/#", "x"}});
+  auto ua = sub->Expect<mqtt::Unsuback>();
+  EXPECT_EQ(ua.packet_id, 2);
+  if (version() == Version::kV5) {
+    EXPECT_EQ(ua.reason_codes,
+              (std::vector<ReasonCode>{ReasonCode::kSuccess, ReasonCode::kNoSubscriptionExisted}));
+  }
+  EXPECT_EQ(core_.FilterRefs("a/#"), 0);
+  sub->Send(mqtt::Pingreq{});
+  sub->Expect<mqtt::Pingresp>();
+}
+
+TEST_P(MqttServerTest, InflightWindowHoldsBackMessagesUntilPuback) {
+  auto sub = NewClient(version());
+  mqtt::Properties props;
+  props.receive_maximum = 2;
+  sub->Connect("sub", props);
+  sub->Subscribe("t", QoS::kAtLeastOnce);
+  auto pub = NewClient(version());
+  pub->Connect("pub");
+  for (int i = 0; i < 3; ++i) {
+    pub->Send(mqtt::Publish{.topic = "t", .payload = std::to_string(i)});
+  }
+  // QoS 0 publishes are delivered at QoS 0: not windowed.
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(sub->Expect<mqtt::Publish>().payload, std::to_string(i));
+  for (int i = 0; i < 3; ++i) {
+    pub->Send(mqtt::Publish{.qos = QoS::kAtLeastOnce,
+                            .topic = "t",
+                            .packet_id = static_cast<uint16_t>(i + 1),
+                            .payload = std::to_string(i)});
+    pub->Expect<mqtt::Puback>();
+  }
+  auto a = sub->Expect<mqtt::Publish>();
+  auto b = sub->Expect<mqtt::Publish>();
+  EXPECT_EQ(a.payload, "0");
+  EXPECT_EQ(b.payload, "1");
+  if (version() == Version::kV5) {
+    // Receive Maximum 2: the third waits for a PUBACK.
+    sub->Send(mqtt::Pingreq{});
+    sub->Expect<mqtt::Pingresp>();
+  }
+  sub->Send(mqtt::Puback{.packet_id = a.packet_id});
+  EXPECT_EQ(sub->Expect<mqtt::Publish>().payload, "2");
+}
+
+TEST_P(MqttServerTest, SlowSubscriberIsDisconnectedWhenItsQueueIsFull) {
+  auto sub = NewClient(version());
+  mqtt::Properties props;
+  props.receive_maximum = 1;
+  sub->Connect("sub", props);
+  sub->Subscribe("t", QoS::kAtLeastOnce);
+  auto pub = NewClient(version());
+  pub->Connect("pub");
+  // Window 1 in 5.0 (64 in 3.1.1) plus a queue of 4.
+  int n = version() == Version::kV5 ? 10 : 80;
+  for (int i = 0; i < n; ++i) {
+    pub->Send(mqtt::Publish{.qos = QoS::kAtLeastOnce,
+                            .topic = "t",
+                            .packet_id = static_cast<uint16_t>(i + 1),
+                            .payload = "x"});
+    pub->Expect<mqtt::Puback>();
+  }
+  bool closed = false;
+  for (int i = 0; i < n + 1; ++i) {
+    std::optional<mqtt::Packet> p = sub->Read();
+    if (!p) {
+      closed = true;
+      break;
+    }
+    if (auto* d = std::get_if<mqtt::Disconnect>(&*p)) {
+      EXPECT_EQ(d->reason_code, ReasonCode::kQuotaExceeded);
+      closed = sub->Closed();
+      break;
+    }
+  }
+  EXPECT_TRUE(closed);
+}
+
+TEST_P(MqttServerTest, InboundQoS2IsRefused) {
+  auto c = NewClient(version());
+  auto ack = c->Connect("c");
+  if (version() == Version::kV5) {
+    EXPECT_EQ(ack.properties.maximum_qos, 1);
+  }
+  c->Send(mqtt::Publish{.qos = QoS::kExactlyOnce, .topic = "t", .packet_id = 1, .payload = "x"});
+  if (version() == Version::kV5) {
+    EXPECT_EQ(c->Expect<mqtt::Disconnect>().reason_code, ReasonCode::kQoSNotSupported);
+  }
+  EXPECT_TRUE(c->Closed());
+}
+
+TEST_P(MqttServerTest, SharedSubscriptionIsRefusedAndOthersGranted) {
+  auto c = NewClient(version());
+  c->Connect("c");
+  c->Send(mqtt::Subscribe{
+      .packet_id = 3,
+      .subscriptions = {{.topic_filter = "$share/g/a", .max_qos = QoS::kAtLeastOnce},
+                        {.topic_filter = "b", .max_qos = QoS::kAtMostOnce}}});
+  auto sa = c->Expect<mqtt::Suback>();
+  ASSERT_EQ(sa.reason_codes.size(), 2u);
+  // 3.1.1 encodes every failure as 0x80, which decodes as Unspecified error.
+  EXPECT_EQ(sa.reason_codes[0], version() == Version::kV5
+                                    ? ReasonCode::kSharedSubscriptionsNotSupported
+                                    : ReasonCode::kUnspecifiedError);
+  EXPECT_EQ(sa.reason_codes[1], ReasonCode::kSuccess);
+}
+
+TEST_P(MqttServerTest, SecondConnectionWithSameClientIdTakesOver) {
+  auto first = NewClient(version());
+  first->Connect("same");
+  auto second = NewClient(version());
+  EXPECT_EQ(second->Connect("same").reason_code, ReasonCode::kSuccess);
+  if (version() == Version::kV5) {
+    EXPECT_EQ(first->Expect<mqtt::Disconnect>().reason_code, ReasonCode::kSessionTakenOver);
+  }
+  EXPECT_TRUE(first->Closed());
+  second->Send(mqtt::Pingreq{});
+  second->Expect<mqtt::Pingresp>();
+}
+
+TEST_P(MqttServerTest, SecondConnectIsAProtocolError) {
+  auto c = NewClient(version());
+  c->Connect("c");
+  c->Send(mqtt::Connect{.client_id = "c"});
+  if (version() == Version::kV5) {
+    EXPECT_EQ(c->Expect<mqtt::Disconnect>().reason_code, ReasonCode::kProtocolError);
+  }
+  EXPECT_TRUE(c->Closed());
+}
+
+TEST_P(MqttServerTest, MalformedPacketEndsTheConnection) {
+  auto c = NewClient(version());
+  c->Connect("c");
+  c->SendRaw(std::string("\x00\x02\xff\xff", 4));  // reserved packet type 0
+  if (version() == Version::kV5) {
+    EXPECT_EQ(c->Expect<mqtt::Disconnect>().reason_code, ReasonCode::kMalformedPacket);
+  }
+  EXPECT_TRUE(c->Closed());
+  // The server still serves others.
+  auto d = NewClient(version());
+  EXPECT_EQ(d->Connect("d").reason_code, ReasonCode::kSuccess);
+}
+
+TEST_P(MqttServerTest, FailedCorePublishIsNotAcknowledgedAsSuccess) {
+  core_.set_fail(true);
+  auto c = NewClient(version());
+  c->Connect("c");
+  c->Send(mqtt::Publish{.qos = QoS::kAtLeastOnce, .topic = "t", .packet_id = 9, .payload = "x"});
+  if (version() == Version::kV5) {
+    auto ack = c->Expect<mqtt::Puback>();
+    EXPECT_EQ(ack.packet_id, 9);
+    EXPECT_EQ(ack.reason_code, ReasonCode::kUnspecifiedError);
+  } else {
+    EXPECT_TRUE(c->Closed());
+  }
+}
+
+TEST_P(MqttServerTest, SilentClientIsDisconnectedAfterOneAndAHalfKeepAlives) {
+  auto c = NewClient(version());
+  c->Send(mqtt::Connect{.keep_alive = 1, .client_id = "quiet"});
+  c->Expect<mqtt::Connack>();
+  auto start = std::chrono::steady_clock::now();
+  if (version() == Version::kV5) {
+    EXPECT_EQ(c->Expect<mqtt::Disconnect>().reason_code, ReasonCode::kKeepAliveTimeout);
+  }
+  EXPECT_TRUE(c->Closed());
+  EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(1400));
+}
+
+TEST(MqttServerV5Test, EmptyClientIdIsAssigned) {
+  net::LoopGroup loops(1, "mqtt-test");
+  ASSERT_TRUE(loops.Start().ok());
+  FakeCore core;
+  MqttServer server({.listen = "127.0.0.1:0"}, &core);
+  ASSERT_TRUE(server.Start(loops).ok());
+  {
+    Client c(server.address(), Version::kV5);
+    mqtt::Properties props;
+    props.session_expiry_interval = 60;
+    auto ack = c.Connect("", props);
+    EXPECT_EQ(ack.reason_code, ReasonCode::kSuccess);
+    EXPECT_FALSE(ack.session_present);
+    ASSERT_TRUE(ack.properties.assigned_client_identifier.has_value());
+    EXPECT_FALSE(ack.properties.assigned_client_identifier->empty());
+    EXPECT_EQ(ack.properties.session_expiry_interval, 0u);
+    EXPECT_EQ(ack.properties.retain_available, false);
+  }
+  {
+    Client c(server.address(), Version::kV311);
+    EXPECT_EQ(c.Connect("").reason_code, ReasonCode::kSuccess);  // Clean Session 1
+  }
+  server.Stop();
+  loops.Stop();
+}
+
+INSTANTIATE_TEST_SUITE_P(Versions, MqttServerTest, ::testing::Values(Version::kV311, Version::kV5),
+                         [](const auto& info) {
+                           return info.param == Version::kV5 ? "V5" : "V311";
+                         });
+
+}  // namespace
+}  // namespace herald::edge
