@@ -296,6 +296,38 @@ absl::StatusOr<std::vector<v1::Message>> PartitionStateMachine::MatchRetained(
   return out;
 }
 
+absl::StatusOr<std::vector<v1::Message>> PartitionStateMachine::RetainedPage(
+    const std::vector<std::string>& filters, std::string_view after_topic, int64_t now_unix_ms,
+    size_t max_messages, uint64_t max_bytes, std::string* next_after_topic) const {
+  std::vector<v1::Message> out;
+  next_after_topic->clear();
+  const std::string prefix = Key('r');
+  std::string start = prefix;
+  start.append(after_topic);
+  if (!after_topic.empty()) start.push_back('\0');  // strictly after
+  auto it = engine_.NewIterator(Family::kPartition);
+  uint64_t bytes = 0;
+  for (it->Seek(start); it->Valid(); it->Next()) {
+    std::string_view key(it->key().data(), it->key().size());
+    if (!key.starts_with(prefix)) break;
+    std::string_view topic = key.substr(prefix.size());
+    if (!MatchesAny(filters, topic)) continue;
+    if (!out.empty() && (out.size() >= max_messages || bytes + it->value().size() > max_bytes)) {
+      *next_after_topic = out.back().topic();
+      break;
+    }
+    v1::Message m;
+    if (!m.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      return absl::DataLossError(StrCat("partition ", partition_, ": retained message is corrupt"));
+    }
+    if (Expired(m, now_unix_ms)) continue;
+    bytes += it->value().size();
+    out.push_back(std::move(m));
+  }
+  if (!it->status().ok()) return storage::FromRocks(it->status(), "retained scan");
+  return out;
+}
+
 absl::StatusOr<std::optional<v1::TrimCommand>> PartitionStateMachine::PlanRetention(
     int64_t now_unix_ms, int64_t max_age_ms, uint64_t max_bytes) const {
   if (max_age_ms <= 0 && max_bytes == 0) return std::optional<v1::TrimCommand>();

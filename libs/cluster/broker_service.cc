@@ -203,4 +203,70 @@ grpc::ServerUnaryReactor* BrokerService::Fetch(grpc::CallbackServerContext* ctx,
   return reactor;
 }
 
+grpc::ServerUnaryReactor* BrokerService::GetRetained(grpc::CallbackServerContext* ctx,
+                                                     const v1::GetRetainedRequest* request,
+                                                     v1::GetRetainedResponse* response) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (request->filters_size() == 0) {
+    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "filters must not be empty"));
+    return reactor;
+  }
+  for (const std::string& f : request->filters()) {
+    if (auto err = mqtt::ValidateTopicFilter(f); err.has_value()) {
+      reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                                   StrCat("filter '", f, "': ", err->message)));
+      return reactor;
+    }
+  }
+  if (request->queries_size() == 0) {
+    reactor->Finish(grpc::Status::OK);
+    return reactor;
+  }
+  std::vector<std::string> filters(request->filters().begin(), request->filters().end());
+  size_t max_messages =
+      request->max_messages() != 0 ? request->max_messages() : options_.fetch_default_max_messages;
+  uint64_t max_bytes =
+      request->max_bytes() != 0 ? request->max_bytes() : options_.fetch_default_max_bytes;
+  for (int i = 0; i < request->queries_size(); ++i) response->add_results();
+  auto outstanding = std::make_shared<std::atomic<int>>(request->queries_size());
+  const int64_t now = UnixMs(clock_);
+  // Each query is bounded by the request's limits on its own.
+  for (int i = 0; i < request->queries_size(); ++i) {
+    const v1::RetainedQuery& q = request->queries(i);
+    v1::RetainedResult* out = response->mutable_results(i);
+    out->set_partition(q.partition());
+    if (q.partition() >= options_.partition_count) {
+      SetError(out->mutable_error(), v1::ERROR_CODE_INVALID_ARGUMENT,
+               StrCat("partition ", q.partition(), " does not exist"));
+      if (outstanding->fetch_sub(1) == 1) reactor->Finish(grpc::Status::OK);
+      continue;
+    }
+    host_.ReadAsync(GroupForPartition(q.partition()),
+                    [this, reactor, out, outstanding, q, filters, max_messages, max_bytes, now](
+                        broker::PartitionStateMachine* sm, const GroupStatus* st) {
+                      if (sm == nullptr) {
+                        SetError(out->mutable_error(), v1::ERROR_CODE_PARTITION_UNAVAILABLE,
+                                 "partition is not hosted here");
+                      } else if (st->role != raft::Role::kLeader) {
+                        SetNotLeader(st->leader, st->term, out->mutable_error());
+                      } else {
+                        std::string next;
+                        auto page = sm->RetainedPage(filters, q.after_topic(), now, max_messages,
+                                                     max_bytes, &next);
+                        if (!page.ok()) {
+                          SetError(out->mutable_error(), v1::ERROR_CODE_INTERNAL,
+                                   std::string(page.status().message()));
+                        } else {
+                          out->set_epoch(sm->state().epoch());
+                          out->set_as_of_offset(sm->last_offset());
+                          for (auto& m : *page) *out->add_messages() = std::move(m);
+                          out->set_next_after_topic(next);
+                        }
+                      }
+                      if (outstanding->fetch_sub(1) == 1) reactor->Finish(grpc::Status::OK);
+                    });
+  }
+  return reactor;
+}
+
 }  // namespace herald::cluster

@@ -4,7 +4,9 @@
 // partition's backlog from a position and then its new messages, under credit-based flow
 // control.
 //
-// Not served yet: retained lookups, sessions, metadata watch (UNIMPLEMENTED).
+// GetRetained pages through a partition's retained messages on its leader.
+//
+// Not served yet: sessions, metadata watch (UNIMPLEMENTED).
 #pragma once
 
 #include <functional>
@@ -38,8 +40,9 @@ inline GroupId GroupForPartition(uint32_t partition) { return GroupId{partition}
 
 // Publish and Fetch use gRPC's callback API (no thread waits on Raft); Subscribe is a
 // synchronous bidirectional stream with a thread per stream (an edge opens one per core node).
-using BrokerServiceBase = v1::Broker::WithCallbackMethod_Publish<
-    v1::Broker::WithCallbackMethod_Fetch<v1::Broker::Service>>;
+using BrokerServiceBase =
+    v1::Broker::WithCallbackMethod_Publish<v1::Broker::WithCallbackMethod_Fetch<
+        v1::Broker::WithCallbackMethod_GetRetained<v1::Broker::Service>>>;
 
 class BrokerService final : public BrokerServiceBase {
  public:
@@ -50,6 +53,9 @@ class BrokerService final : public BrokerServiceBase {
                                     v1::PublishResponse* response) override;
   grpc::ServerUnaryReactor* Fetch(grpc::CallbackServerContext* ctx, const v1::FetchRequest* request,
                                   v1::FetchResponse* response) override;
+  grpc::ServerUnaryReactor* GetRetained(grpc::CallbackServerContext* ctx,
+                                        const v1::GetRetainedRequest* request,
+                                        v1::GetRetainedResponse* response) override;
   grpc::Status Subscribe(
       grpc::ServerContext* ctx,
       grpc::ServerReaderWriter<v1::SubscribeResponse, v1::SubscribeRequest>* stream) override;

@@ -1,6 +1,7 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <thread>
 
@@ -61,11 +62,12 @@ class SubscribeTest : public ::testing::Test {
     std::filesystem::remove_all(dir_);
   }
 
-  void Publish(const std::string& topic, const std::string& payload) {
+  void Publish(const std::string& topic, const std::string& payload, bool retain = false) {
     v1::PublishRequest req;
     auto* m = req.add_messages();
     m->set_topic(topic);
     m->set_payload(payload);
+    m->set_retain(retain);
     grpc::ClientContext ctx;
     v1::PublishResponse resp;
     ASSERT_TRUE(stub_->Publish(&ctx, req, &resp).ok());
@@ -229,6 +231,60 @@ TEST_F(SubscribeTest, UnknownPartitionIsStoppedAndFirstMessageMustBeStart) {
   bad->Write(credit);
   bad->WritesDone();
   EXPECT_EQ(bad->Finish().error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+}
+
+TEST_F(SubscribeTest, GetRetainedPagesThroughAPartitionsRetainedMessages) {
+  // Five retained topics in one partition, one deleted by an empty retained payload.
+  std::vector<std::string> topics;
+  for (int i = 0; topics.size() < 5; ++i) {
+    std::string t = "r/" + std::to_string(i);
+    if (PartitionFor(t, kPartitions) == 0) topics.push_back(t);
+  }
+  for (const auto& t : topics) Publish(t, "v-" + t, /*retain=*/true);
+  Publish(topics[2], "", /*retain=*/true);
+  Publish("r/not-retained", "x");
+  std::vector<std::string> got;
+  std::string after;
+  int pages = 0;
+  do {
+    v1::GetRetainedRequest req;
+    req.add_filters("r/#");
+    req.set_max_messages(2);
+    auto* q = req.add_queries();
+    q->set_partition(0);
+    q->set_after_topic(after);
+    grpc::ClientContext ctx;
+    v1::GetRetainedResponse resp;
+    ASSERT_TRUE(stub_->GetRetained(&ctx, req, &resp).ok());
+    ASSERT_EQ(resp.results_size(), 1);
+    const auto& r = resp.results(0);
+    ASSERT_FALSE(r.has_error()) << r.error().message();
+    EXPECT_GE(r.as_of_offset(), 6u);
+    for (const auto& m : r.messages()) {
+      EXPECT_TRUE(m.retain());
+      got.push_back(m.topic());
+    }
+    after = r.next_after_topic();
+    ++pages;
+  } while (!after.empty() && pages < 10);
+  std::vector<std::string> expect = topics;
+  expect.erase(expect.begin() + 2);
+  std::sort(expect.begin(), expect.end());
+  EXPECT_EQ(got, expect);
+  EXPECT_GE(pages, 2);
+
+  v1::GetRetainedRequest bad;
+  bad.add_filters("r/#");
+  bad.add_queries()->set_partition(99);
+  grpc::ClientContext ctx;
+  v1::GetRetainedResponse resp;
+  ASSERT_TRUE(stub_->GetRetained(&ctx, bad, &resp).ok());
+  EXPECT_EQ(resp.results(0).error().code(), v1::ERROR_CODE_INVALID_ARGUMENT);
+  v1::GetRetainedRequest no_filter;
+  no_filter.add_queries()->set_partition(0);
+  grpc::ClientContext ctx2;
+  EXPECT_EQ(stub_->GetRetained(&ctx2, no_filter, &resp).error_code(),
+            grpc::StatusCode::INVALID_ARGUMENT);
 }
 
 }  // namespace
