@@ -269,7 +269,9 @@ std::vector<GroupStatus> RaftHost::Status() {
   };
   {
     std::lock_guard<std::mutex> l(mu_);
-    if (!running_ || inbox_.stop) return collect();
+    // Read the groups directly only when no host thread runs; while it stops, it still owns them.
+    if (!running_) return collect();
+    if (inbox_.stop) return {};
     inbox_.tasks.push_back([&] { done.set_value(collect()); });
   }
   cv_.notify_one();

@@ -2,6 +2,7 @@
 // changes and credit grants.
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <deque>
 #include <future>
@@ -174,6 +175,7 @@ class BrokerService::Subscription {
           Read r = ReadPartition(p, part, 1);
           if (r.hosted) {
             part.position = r.position;
+            part.epoch = r.epoch;
             part.resolved = true;
           }
         }
@@ -205,7 +207,17 @@ class BrokerService::Subscription {
       std::vector<uint32_t> stopped;
       bool more = false;
       int64_t spent = 0;
-      for (auto& [p, part] : parts_) {
+      // Start each round after the partition that started the previous one, so a busy partition
+      // cannot take every credit grant and starve the others.
+      std::vector<uint32_t> order;
+      for (const auto& [p, part] : parts_) order.push_back(p);
+      if (!order.empty()) {
+        auto first = std::upper_bound(order.begin(), order.end(), round_start_);
+        std::rotate(order.begin(), first == order.end() ? order.begin() : first, order.end());
+        round_start_ = order.front();
+      }
+      for (uint32_t p : order) {
+        Part& part = parts_[p];
         if (credit - spent <= 0) break;
         Read r = ReadPartition(
             p, part,
@@ -224,9 +236,13 @@ class BrokerService::Subscription {
             s->mutable_error()->set_code(v1::ERROR_CODE_INTERNAL);
             s->mutable_error()->set_message(std::string(r.fetch.status().message()));
           }
-          s->mutable_last_position()->set_partition(p);
-          s->mutable_last_position()->set_epoch(part.epoch);
-          s->mutable_last_position()->set_offset(part.position);
+          // A partition whose start (EARLIEST/LATEST) was never resolved has no position to
+          // resume from; leave it unset rather than claim offset 0.
+          if (part.resolved) {
+            s->mutable_last_position()->set_partition(p);
+            s->mutable_last_position()->set_epoch(part.epoch);
+            s->mutable_last_position()->set_offset(part.position);
+          }
           events.push_back(std::move(ev));
           stopped.push_back(p);
           continue;
@@ -296,6 +312,7 @@ class BrokerService::Subscription {
   grpc::ServerReaderWriter<v1::SubscribeResponse, v1::SubscribeRequest>* stream_;
   std::chrono::milliseconds heartbeat_{5000};
   std::chrono::steady_clock::time_point last_write_;
+  uint32_t round_start_ = 0;  // partition that started the last read round
   // Writer thread only.
   std::set<std::string> filters_;
   std::map<uint32_t, Part> parts_;

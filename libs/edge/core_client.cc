@@ -266,7 +266,6 @@ void CoreClient::OnPublishDone(Call* call, const grpc::Status& status) {
     std::lock_guard<std::mutex> l(mu_);
     PartitionQueue& q = *queues_[call->partition];
     q.in_flight = false;
-    calls_.erase(call);
     size_t committed = 0;
     const v1::ErrorInfo* error = nullptr;
     if (status.ok()) {
@@ -370,14 +369,20 @@ void CoreClient::OnPublishDone(Call* call, const grpc::Status& status) {
     MaybeSendLocked(call->partition);
     cv_.notify_all();
   }
-  delete call;
   for (auto& [p, s] : finished) FinishPending(p, s);
+  // Only now may Shutdown() see the call gone: this callback touches the client until here.
+  std::lock_guard<std::mutex> l(mu_);
+  calls_.erase(call);
+  delete call;
+  cv_.notify_all();
 }
 
 // ---------------------------------------------------------------------------------------------
 // Subscribe
 
 void CoreClient::AddFilter(const std::string& filter, std::function<void()> applied) {
+  // Change ids are allocated and written in one order per stream (see change_mu_).
+  std::lock_guard<std::mutex> changes(change_mu_);
   std::vector<std::pair<Stream*, uint64_t>> writes;
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -417,6 +422,8 @@ void CoreClient::AddFilter(const std::string& filter, std::function<void()> appl
 }
 
 void CoreClient::RemoveFilter(const std::string& filter) {
+  // Change ids are allocated and written in one order per stream (see change_mu_).
+  std::lock_guard<std::mutex> changes(change_mu_);
   std::vector<std::pair<Stream*, uint64_t>> writes;
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -498,6 +505,8 @@ void CoreClient::StreamDownLocked(Stream* s) {
 }
 
 void CoreClient::AttachPartition(uint32_t partition, size_t stream_index) {
+  // Change ids are allocated and written in one order per stream (see change_mu_).
+  std::lock_guard<std::mutex> changes(change_mu_);
   Stream* s = streams_[stream_index].get();
   uint64_t id;
   {
@@ -557,6 +566,9 @@ void CoreClient::RunStream(Stream* s) {
   while (true) {
     v1::SubscribeRequest start;
     auto ctx = std::make_shared<grpc::ClientContext>();
+    // Filters and partitions added while the stream starts must land either in its start
+    // message or in a change after it: hold change_mu_ until the stream is up.
+    std::unique_lock<std::mutex> changes(change_mu_);
     {
       std::lock_guard<std::mutex> l(mu_);
       if (shutdown_) return;
@@ -599,6 +611,7 @@ void CoreClient::RunStream(Stream* s) {
       std::lock_guard<std::mutex> wl(s->write_mu);
       wrote = s->rw->Write(probe);
     }
+    changes.unlock();
     uint64_t consumed = 0;
     v1::SubscribeResponse resp;
     std::vector<const v1::Message*> batch;

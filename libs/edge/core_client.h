@@ -126,6 +126,10 @@ class CoreClient final : public CoreApi {
   // Publishing state.
   std::vector<std::unique_ptr<PartitionQueue>> queues_ ABSL_GUARDED_BY(mu_);
   std::set<Call*> calls_ ABSL_GUARDED_BY(mu_);
+  // Held from the allocation of a SubscribeChange id to its write (and while a stream starts),
+  // so every stream receives changes in id order and none falls between a stream's start message
+  // and its first change. Taken before mu_ and write_mu.
+  std::mutex change_mu_;
   bool partition_mismatch_logged_ ABSL_GUARDED_BY(mu_) = false;
   // Subscribing state.
   std::map<std::string, int> filter_refs_ ABSL_GUARDED_BY(mu_);
