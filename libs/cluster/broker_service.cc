@@ -15,6 +15,20 @@ int64_t UnixMs(Clock& clock) {
       .count();
 }
 
+// Fetch and GetRetained need at least one filter, each valid.
+grpc::Status ValidateFilters(const google::protobuf::RepeatedPtrField<std::string>& filters) {
+  if (filters.empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "filters must not be empty");
+  }
+  for (const std::string& f : filters) {
+    if (auto err = mqtt::ValidateTopicFilter(f); err.has_value()) {
+      return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
+                          StrCat("filter '", f, "': ", err->message));
+    }
+  }
+  return grpc::Status::OK;
+}
+
 void SetError(v1::ErrorInfo* e, v1::ErrorCode code, std::string message) {
   e->set_code(code);
   e->set_message(std::move(message));
@@ -127,16 +141,9 @@ grpc::ServerUnaryReactor* BrokerService::Fetch(grpc::CallbackServerContext* ctx,
                                                const v1::FetchRequest* request,
                                                v1::FetchResponse* response) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  if (request->filters_size() == 0) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "filters must not be empty"));
+  if (grpc::Status st = ValidateFilters(request->filters()); !st.ok()) {
+    reactor->Finish(st);
     return reactor;
-  }
-  for (const std::string& f : request->filters()) {
-    if (auto err = mqtt::ValidateTopicFilter(f); err.has_value()) {
-      reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                   StrCat("filter '", f, "': ", err->message)));
-      return reactor;
-    }
   }
   if (request->ranges_size() == 0) {
     reactor->Finish(grpc::Status::OK);
@@ -207,16 +214,9 @@ grpc::ServerUnaryReactor* BrokerService::GetRetained(grpc::CallbackServerContext
                                                      const v1::GetRetainedRequest* request,
                                                      v1::GetRetainedResponse* response) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  if (request->filters_size() == 0) {
-    reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "filters must not be empty"));
+  if (grpc::Status st = ValidateFilters(request->filters()); !st.ok()) {
+    reactor->Finish(st);
     return reactor;
-  }
-  for (const std::string& f : request->filters()) {
-    if (auto err = mqtt::ValidateTopicFilter(f); err.has_value()) {
-      reactor->Finish(grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
-                                   StrCat("filter '", f, "': ", err->message)));
-      return reactor;
-    }
   }
   if (request->queries_size() == 0) {
     reactor->Finish(grpc::Status::OK);
