@@ -287,6 +287,7 @@ class BrokerService::Subscription {
         v1::SubscribeResponse hb;
         v1::SubscribeHeartbeat* h = hb.mutable_heartbeat();
         for (auto& [p, part] : parts_) {
+          if (!part.resolved) continue;  // no position yet (start not resolved)
           v1::PartitionPosition* pos = h->add_progress();
           pos->set_partition(p);
           pos->set_epoch(part.epoch);

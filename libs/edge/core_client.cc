@@ -536,6 +536,15 @@ void CoreClient::AttachPartition(uint32_t partition, size_t stream_index) {
   if (s->rw) s->rw->Write(req);
 }
 
+void CoreClient::RecordPositionLocked(Stream* s, uint32_t partition, uint64_t epoch,
+                                      uint64_t offset) {
+  if (s->partitions.count(partition) == 0) return;  // moved away meanwhile: not ours to record
+  v1::PartitionPosition& pos = resume_[partition];
+  pos.set_partition(partition);
+  pos.set_epoch(epoch);
+  pos.set_offset(offset);
+}
+
 void CoreClient::ProcessStopped(Stream* s, const v1::PartitionStopped& stopped) {
   uint32_t p = stopped.partition();
   size_t target = s->index;
@@ -546,6 +555,8 @@ void CoreClient::ProcessStopped(Stream* s, const v1::PartitionStopped& stopped) 
     s->attached.erase(p);
     if (stopped.has_last_position() && stopped.error().code() == v1::ERROR_CODE_NOT_LEADER) {
       resume_[p] = stopped.last_position();
+    } else if (stopped.error().code() == v1::ERROR_CODE_CURSOR_INVALID) {
+      resume_.erase(p);  // that position can never be valid: start over from LATEST
     }
     if (stopped.error().code() == v1::ERROR_CODE_NOT_LEADER &&
         stopped.error().leader_hint().node_id() != 0) {
@@ -627,6 +638,13 @@ void CoreClient::RunStream(Stream* s) {
             }
           }
           if (!batch.empty() && on_delivery_) on_delivery_(batch);
+          {
+            // Where each partition would resume if it has to be attached again.
+            std::lock_guard<std::mutex> l(mu_);
+            for (const auto& pm : resp.deliveries().partitions()) {
+              RecordPositionLocked(s, pm.partition(), pm.epoch(), pm.evaluated_through());
+            }
+          }
           if (consumed >= options_.stream_credit_bytes / 4) {
             v1::SubscribeRequest credit;
             credit.mutable_credit()->set_bytes(consumed);
@@ -644,9 +662,20 @@ void CoreClient::RunStream(Stream* s) {
         case v1::SubscribeResponse::kStopped:
           ProcessStopped(s, resp.stopped());
           break;
-        case v1::SubscribeResponse::kGap:
+        case v1::SubscribeResponse::kGap: {
           spdlog::warn("subscribe stream {}: gap on partition {}", address, resp.gap().partition());
+          std::lock_guard<std::mutex> l(mu_);
+          RecordPositionLocked(s, resp.gap().partition(), resp.gap().to_epoch(),
+                               resp.gap().to_offset());
           break;
+        }
+        case v1::SubscribeResponse::kHeartbeat: {
+          std::lock_guard<std::mutex> l(mu_);
+          for (const auto& pos : resp.heartbeat().progress()) {
+            RecordPositionLocked(s, pos.partition(), pos.epoch(), pos.offset());
+          }
+          break;
+        }
         default:
           break;
       }

@@ -107,6 +107,10 @@ class CoreClient final : public CoreApi {
   void RunStream(Stream* s);
   void AttachPartition(uint32_t partition, size_t stream_index);
   void ProcessStopped(Stream* s, const v1::PartitionStopped& stopped);
+  // Remembers how far a partition attached to `s` was evaluated, so a later attach (another
+  // node, a new stream) carries on after it instead of starting at LATEST.
+  void RecordPositionLocked(Stream* s, uint32_t partition, uint64_t epoch, uint64_t offset)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ChangeAppliedLocked(Stream* s, const v1::SubscribeChangeApplied& applied)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void StreamDownLocked(Stream* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
