@@ -137,6 +137,28 @@ grpc::ServerUnaryReactor* BrokerService::Publish(grpc::CallbackServerContext* ct
   return reactor;
 }
 
+broker::FetchLimits BrokerService::RequestLimits(uint32_t max_messages, uint64_t max_bytes) const {
+  broker::FetchLimits limits;
+  limits.max_messages = max_messages != 0 ? max_messages : options_.fetch_default_max_messages;
+  limits.max_bytes = max_bytes != 0 ? max_bytes : options_.fetch_default_max_bytes;
+  return limits;
+}
+
+template <typename Result>
+bool BrokerService::LeaderServes(const broker::PartitionStateMachine* sm, const GroupStatus* st,
+                                 Result* out) const {
+  if (sm == nullptr) {
+    SetError(out->mutable_error(), v1::ERROR_CODE_PARTITION_UNAVAILABLE,
+             "partition is not hosted here");
+    return false;
+  }
+  if (st->role != raft::Role::kLeader) {
+    SetNotLeader(st->leader, st->term, out->mutable_error());
+    return false;
+  }
+  return true;
+}
+
 grpc::ServerUnaryReactor* BrokerService::Fetch(grpc::CallbackServerContext* ctx,
                                                const v1::FetchRequest* request,
                                                v1::FetchResponse* response) {
@@ -150,16 +172,11 @@ grpc::ServerUnaryReactor* BrokerService::Fetch(grpc::CallbackServerContext* ctx,
     return reactor;
   }
   std::vector<std::string> filters(request->filters().begin(), request->filters().end());
-  broker::FetchLimits limits;
-  limits.max_messages =
-      request->max_messages() != 0 ? request->max_messages() : options_.fetch_default_max_messages;
-  limits.max_bytes =
-      request->max_bytes() != 0 ? request->max_bytes() : options_.fetch_default_max_bytes;
+  const broker::FetchLimits limits = RequestLimits(request->max_messages(), request->max_bytes());
   for (int i = 0; i < request->ranges_size(); ++i) response->add_results();
   auto outstanding = std::make_shared<std::atomic<int>>(request->ranges_size());
   const int64_t now = UnixMs(clock_);
-  // Ranges are read one after another's limits would be simpler; here each range gets the
-  // request's limits (bounded by the number of partitions).
+  // Each range is bounded by the request's limits on its own.
   for (int i = 0; i < request->ranges_size(); ++i) {
     const v1::FetchRange& range = request->ranges(i);
     v1::FetchResult* out = response->mutable_results(i);
@@ -173,11 +190,8 @@ grpc::ServerUnaryReactor* BrokerService::Fetch(grpc::CallbackServerContext* ctx,
     host_.ReadAsync(GroupForPartition(range.partition()),
                     [this, reactor, out, outstanding, range, filters, limits, now](
                         broker::PartitionStateMachine* sm, const GroupStatus* st) {
-                      if (sm == nullptr) {
-                        SetError(out->mutable_error(), v1::ERROR_CODE_PARTITION_UNAVAILABLE,
-                                 "partition is not hosted here");
-                      } else if (st->role != raft::Role::kLeader) {
-                        SetNotLeader(st->leader, st->term, out->mutable_error());
+                      if (!LeaderServes(sm, st, out)) {
+                        // LeaderServes filled in the error.
                       } else if (range.epoch() != 0 && range.epoch() != sm->state().epoch()) {
                         SetError(out->mutable_error(), v1::ERROR_CODE_EPOCH_CHANGED,
                                  StrCat("partition epoch is ", sm->state().epoch()));
@@ -223,10 +237,7 @@ grpc::ServerUnaryReactor* BrokerService::GetRetained(grpc::CallbackServerContext
     return reactor;
   }
   std::vector<std::string> filters(request->filters().begin(), request->filters().end());
-  size_t max_messages =
-      request->max_messages() != 0 ? request->max_messages() : options_.fetch_default_max_messages;
-  uint64_t max_bytes =
-      request->max_bytes() != 0 ? request->max_bytes() : options_.fetch_default_max_bytes;
+  const broker::FetchLimits limits = RequestLimits(request->max_messages(), request->max_bytes());
   for (int i = 0; i < request->queries_size(); ++i) response->add_results();
   auto outstanding = std::make_shared<std::atomic<int>>(request->queries_size());
   const int64_t now = UnixMs(clock_);
@@ -242,17 +253,12 @@ grpc::ServerUnaryReactor* BrokerService::GetRetained(grpc::CallbackServerContext
       continue;
     }
     host_.ReadAsync(GroupForPartition(q.partition()),
-                    [this, reactor, out, outstanding, q, filters, max_messages, max_bytes, now](
+                    [this, reactor, out, outstanding, q, filters, limits, now](
                         broker::PartitionStateMachine* sm, const GroupStatus* st) {
-                      if (sm == nullptr) {
-                        SetError(out->mutable_error(), v1::ERROR_CODE_PARTITION_UNAVAILABLE,
-                                 "partition is not hosted here");
-                      } else if (st->role != raft::Role::kLeader) {
-                        SetNotLeader(st->leader, st->term, out->mutable_error());
-                      } else {
+                      if (LeaderServes(sm, st, out)) {
                         std::string next;
-                        auto page = sm->RetainedPage(filters, q.after_topic(), now, max_messages,
-                                                     max_bytes, &next);
+                        auto page = sm->RetainedPage(filters, q.after_topic(), now,
+                                                     limits.max_messages, limits.max_bytes, &next);
                         if (!page.ok()) {
                           SetError(out->mutable_error(), v1::ERROR_CODE_INTERNAL,
                                    std::string(page.status().message()));

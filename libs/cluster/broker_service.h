@@ -63,6 +63,13 @@ class BrokerService final : public BrokerServiceBase {
  private:
   class Subscription;
   void SetNotLeader(raft::NodeId leader, uint64_t term, v1::ErrorInfo* error) const;
+  // The request's limits, or the defaults for those it leaves at 0.
+  broker::FetchLimits RequestLimits(uint32_t max_messages, uint64_t max_bytes) const;
+  // Whether this node can serve a read of the partition (hosted and leading); if not, sets
+  // `out`'s error (a FetchResult or RetainedResult) to say why.
+  template <typename Result>
+  bool LeaderServes(const broker::PartitionStateMachine* sm, const GroupStatus* st,
+                    Result* out) const;
 
   RaftHost& host_;
   const BrokerServiceOptions options_;
