@@ -35,6 +35,8 @@ bool HasWildcard(std::string_view filter) {
 //   'm' [offset u64]     Message (partition, offset and publish time filled in)
 //   'r' [topic bytes]    retained Message
 //   'p' [producer u64]   ProducerRecord
+//   'c' [client id]      SessionRecord
+//   'w' [will id u64]    WillOutboxRecord
 std::string PartitionStateMachine::Key(char kind) const {
   std::string k;
   storage::PutU32(&k, partition_);
@@ -60,6 +62,18 @@ std::string PartitionStateMachine::ProducerKey(uint64_t producer_id) const {
   return k;
 }
 
+std::string PartitionStateMachine::SessionKey(std::string_view client_id) const {
+  std::string k = Key('c');
+  k.append(client_id);
+  return k;
+}
+
+std::string PartitionStateMachine::WillKey(uint64_t will_id) const {
+  std::string k = Key('w');
+  storage::PutU64(&k, will_id);
+  return k;
+}
+
 absl::StatusOr<std::unique_ptr<PartitionStateMachine>> PartitionStateMachine::Open(
     storage::Engine& engine, uint32_t partition, PartitionOptions options) {
   std::unique_ptr<PartitionStateMachine> p(new PartitionStateMachine(engine, partition, options));
@@ -80,7 +94,7 @@ absl::Status PartitionStateMachine::Load() {
   if (!state_.ParseFromString(**v)) {
     return absl::DataLossError(StrCat("partition ", partition_, ": state record is corrupt"));
   }
-  return absl::OkStatus();
+  return LoadSessions();
 }
 
 void PartitionStateMachine::StageState(rocksdb::WriteBatch* batch) {
@@ -115,6 +129,30 @@ absl::StatusOr<ApplyResult> PartitionStateMachine::Apply(uint64_t index, std::st
       break;
     case v1::PartitionCommand::kCompactLog:
       result.compact_log_through = cmd.compact_log().through_index();
+      break;
+    case v1::PartitionCommand::kOpenSession: {
+      absl::Status s = ApplyOpenSession(cmd.open_session().request(), now, batch, &result);
+      if (!s.ok()) return s;
+      break;
+    }
+    case v1::PartitionCommand::kUpdateSessions:
+      for (const v1::SessionUpdate& u : cmd.update_sessions().updates()) {
+        absl::Status s = ApplyUpdateSession(u, batch, &result.session_updates.emplace_back());
+        if (!s.ok()) return s;
+      }
+      break;
+    case v1::PartitionCommand::kCloseSession: {
+      absl::Status s = ApplyCloseSession(cmd.close_session().request(), now, batch, &result);
+      if (!s.ok()) return s;
+      break;
+    }
+    case v1::PartitionCommand::kSessionTimer: {
+      absl::Status s = ApplySessionTimer(cmd.session_timer(), now, batch);
+      if (!s.ok()) return s;
+      break;
+    }
+    case v1::PartitionCommand::kWillPublished:
+      ApplyWillPublished(cmd.will_published().will_id(), batch);
       break;
     case v1::PartitionCommand::COMMAND_NOT_SET:
       break;  // a command from a newer version this one does not know: nothing to do

@@ -7,6 +7,11 @@
 // its writes, including the partition's applied index, into the caller's WriteBatch, so that the
 // host writes one atomic batch per loop pass and re-applying after a crash is a no-op.
 //
+// MQTT persistent sessions (broker.proto "Sessions", docs/core.md "Sessions") live here too: a
+// session record per client id of this partition, the partition's owner-epoch counter, and an
+// outbox of wills that are due. Every replica keeps an in-memory index of the sessions' durable
+// deadlines (will delay, session expiry), so the leader finds what is due without scanning.
+//
 // Apply is deterministic: it depends only on the entry and the state (never on the local clock).
 //
 // Reads (Fetch, retained lookups, retention planning) see what has been written to the Engine,
@@ -18,8 +23,11 @@
 #include <rocksdb/write_batch.h>
 
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -44,7 +52,29 @@ struct ApplyResult {
   std::vector<v1::PublishResult> publish;
   // A CompactLogCommand: the host discards the Raft log up to this index (0: none).
   uint64_t compact_log_through = 0;
+  // An OpenSessionCommand: the answer (lease_ms is the service's to fill).
+  std::optional<v1::OpenSessionResponse> open_session;
+  // An UpdateSessionsCommand: one result per update, in order.
+  std::vector<v1::SessionUpdateResult> session_updates;
+  // A CloseSessionCommand: the answer, or `session_error` (code != 0) when it failed.
+  std::optional<v1::CloseSessionResponse> close_session;
+  v1::ErrorInfo session_error;
 };
+
+// A session deadline that has passed, for the leader to propose as a SessionTimerCommand.
+struct SessionTimer {
+  std::string client_id;
+  uint64_t owner_epoch = 0;
+  v1::SessionTimerCommand::Kind kind = v1::SessionTimerCommand::KIND_UNSPECIFIED;
+};
+
+// MQTT Session Expiry Interval meaning "never expires".
+inline constexpr uint32_t kSessionNeverExpires = 0xFFFFFFFF;
+
+// The idempotency key of the will of `client_id`'s connection with owner epoch `owner_epoch`:
+// a producer id of its own (never 0) with sequence 1, so that publishing it again is a duplicate
+// and the first publish is accepted whatever the partition knows of other producers.
+uint64_t WillProducerId(std::string_view client_id, uint64_t owner_epoch);
 
 // Bounds of one read.
 struct FetchLimits {
@@ -75,6 +105,21 @@ class PartitionStateMachine {
                                     rocksdb::WriteBatch* batch);
   // Records that the entry at `index` (a Raft no-op or membership change) was applied.
   void ApplyOther(uint64_t index, rocksdb::WriteBatch* batch);
+  // Tells the state machine that every batch it staged so far has been written to the Engine,
+  // so it can drop its copies of sessions staged but not yet readable from the Engine.
+  void Flushed();
+
+  // Sessions. Reads see every applied entry, written or only staged.
+  // The session of `client_id`, or nullopt.
+  absl::StatusOr<std::optional<v1::Session>> GetSession(std::string_view client_id) const;
+  // Up to `max` session deadlines at or before `now_unix_ms`, earliest first.
+  std::vector<SessionTimer> DueSessionTimers(int64_t now_unix_ms, size_t max) const;
+  // Calls `fn(client_id, owner_epoch)` for every connected session.
+  void ForEachConnectedSession(const std::function<void(const std::string&, uint64_t)>& fn) const;
+  // Whether `client_id`'s session is connected with owner epoch `owner_epoch`.
+  bool SessionConnected(const std::string& client_id, uint64_t owner_epoch) const;
+  // Wills that are due and not yet known to be published, by will id.
+  const std::map<uint64_t, v1::WillOutboxRecord>& will_outbox() const { return will_outbox_; }
 
   // Messages with after_offset < offset <= until (0: up to the last), matching any of
   // `filters` (MQTT topic filters) and not expired at `now_unix_ms`.
@@ -117,6 +162,27 @@ class PartitionStateMachine {
   absl::Status Load();
   v1::PublishResult ApplyMessage(v1::Message& m, int64_t now, rocksdb::WriteBatch* batch);
   void ApplyTrim(const v1::TrimCommand& t, rocksdb::WriteBatch* batch);
+  // Sessions (session_state.cc).
+  absl::Status LoadSessions();
+  absl::StatusOr<std::optional<v1::SessionRecord>> LoadSession(std::string_view client_id) const;
+  absl::Status ApplyOpenSession(const v1::OpenSessionRequest& req, int64_t now,
+                                rocksdb::WriteBatch* batch, ApplyResult* result);
+  absl::Status ApplyUpdateSession(const v1::SessionUpdate& u, rocksdb::WriteBatch* batch,
+                                  v1::SessionUpdateResult* result);
+  absl::Status ApplyCloseSession(const v1::CloseSessionRequest& req, int64_t now,
+                                 rocksdb::WriteBatch* batch, ApplyResult* result);
+  absl::Status ApplySessionTimer(const v1::SessionTimerCommand& t, int64_t now,
+                                 rocksdb::WriteBatch* batch);
+  void ApplyWillPublished(uint64_t will_id, rocksdb::WriteBatch* batch);
+  // Disconnects `rec`'s session at `now` (see CloseSessionRequest); deletes it and returns true
+  // when its expiry interval is 0.
+  bool Disconnect(v1::SessionRecord& rec, int64_t now, bool publish_will,
+                  std::optional<uint32_t> expiry_interval_s, rocksdb::WriteBatch* batch);
+  // Moves the session's will (if any) to the outbox, and clears it.
+  void QueueWill(v1::SessionRecord& rec, rocksdb::WriteBatch* batch);
+  void PutSession(const v1::SessionRecord& rec, rocksdb::WriteBatch* batch);
+  void DeleteSession(const std::string& client_id, rocksdb::WriteBatch* batch);
+  void IndexSession(const std::string& client_id, const v1::SessionRecord* rec);
   v1::ProducerRecord* Producer(uint64_t producer_id);
   void StageState(rocksdb::WriteBatch* batch);
 
@@ -124,6 +190,8 @@ class PartitionStateMachine {
   std::string MessageKey(uint64_t offset) const;
   std::string RetainedKey(std::string_view topic) const;
   std::string ProducerKey(uint64_t producer_id) const;
+  std::string SessionKey(std::string_view client_id) const;
+  std::string WillKey(uint64_t will_id) const;
 
   storage::Engine& engine_;
   const uint32_t partition_;
@@ -131,6 +199,21 @@ class PartitionStateMachine {
   v1::PartitionStateRecord state_;
   // Producers touched since open (write-through cache; records also live in the Engine).
   std::unordered_map<uint64_t, v1::ProducerRecord> producers_;
+
+  // Sessions written to batches that may not be in the Engine yet (nullopt: deleted), until
+  // Flushed().
+  std::unordered_map<std::string, std::optional<v1::SessionRecord>> staged_sessions_;
+  // Every session's owner and next durable deadline (0: none), with the deadlines ordered.
+  struct SessionMeta {
+    uint64_t owner_epoch = 0;
+    bool connected = false;
+    int64_t deadline = 0;
+    v1::SessionTimerCommand::Kind kind = v1::SessionTimerCommand::KIND_UNSPECIFIED;
+  };
+  std::unordered_map<std::string, SessionMeta> sessions_;
+  std::set<std::pair<int64_t, std::string>> session_deadlines_;
+  // The will outbox (also in the Engine; small: only wills awaiting publication).
+  std::map<uint64_t, v1::WillOutboxRecord> will_outbox_;
 };
 
 }  // namespace herald::broker

@@ -36,8 +36,27 @@ void SetError(v1::ErrorInfo* e, v1::ErrorCode code, std::string message) {
 
 }  // namespace
 
-BrokerService::BrokerService(RaftHost& host, BrokerServiceOptions options, Clock& clock)
-    : host_(host), options_(std::move(options)), clock_(clock) {}
+BrokerService::BrokerService(RaftHost& host, BrokerServiceOptions options, Clock& clock,
+                             SessionManager* sessions)
+    : host_(host), options_(std::move(options)), clock_(clock), sessions_(sessions) {}
+
+void BrokerService::SetProposalError(const ProposalResult& r, v1::ErrorInfo* e) const {
+  if (r.status.ok()) {
+    SetError(e, v1::ERROR_CODE_INTERNAL, "apply produced no result");
+  } else if (absl::IsUnavailable(r.status) && r.status.message() == "not leader") {
+    SetNotLeader(r.leader_hint, 0, e);
+  } else if (absl::IsUnavailable(r.status)) {
+    // The entry may still commit: retry with the same idempotency key.
+    SetError(e, v1::ERROR_CODE_OUTCOME_UNKNOWN, std::string(r.status.message()));
+  } else if (absl::IsResourceExhausted(r.status)) {
+    SetError(e, v1::ERROR_CODE_OVERLOADED, std::string(r.status.message()));
+    e->set_retry_after_ms(50);
+  } else if (absl::IsFailedPrecondition(r.status)) {
+    SetNotLeader(r.leader_hint, 0, e);
+  } else {
+    SetError(e, v1::ERROR_CODE_PARTITION_UNAVAILABLE, std::string(r.status.message()));
+  }
+}
 
 void BrokerService::SetNotLeader(raft::NodeId leader, uint64_t term, v1::ErrorInfo* error) const {
   SetError(error, v1::ERROR_CODE_NOT_LEADER, "this node does not lead the partition");
@@ -114,22 +133,7 @@ grpc::ServerUnaryReactor* BrokerService::Publish(grpc::CallbackServerContext* ct
               *out = std::move(r.apply.publish[k]);
               continue;
             }
-            v1::ErrorInfo* e = out->mutable_error();
-            if (r.status.ok()) {
-              SetError(e, v1::ERROR_CODE_INTERNAL, "apply produced no result");
-            } else if (absl::IsUnavailable(r.status) && r.status.message() == "not leader") {
-              SetNotLeader(r.leader_hint, 0, e);
-            } else if (absl::IsUnavailable(r.status)) {
-              // The entry may still commit: retry with the same producer id and sequence.
-              SetError(e, v1::ERROR_CODE_OUTCOME_UNKNOWN, std::string(r.status.message()));
-            } else if (absl::IsResourceExhausted(r.status)) {
-              SetError(e, v1::ERROR_CODE_OVERLOADED, std::string(r.status.message()));
-              e->set_retry_after_ms(50);
-            } else if (absl::IsFailedPrecondition(r.status)) {
-              SetNotLeader(r.leader_hint, 0, e);
-            } else {
-              SetError(e, v1::ERROR_CODE_PARTITION_UNAVAILABLE, std::string(r.status.message()));
-            }
+            SetProposalError(r, out->mutable_error());
           }
           if (outstanding->fetch_sub(1) == 1) reactor->Finish(grpc::Status::OK);
         });

@@ -6,7 +6,11 @@
 //
 // GetRetained pages through a partition's retained messages on its leader.
 //
-// Not served yet: sessions, metadata watch (UNIMPLEMENTED).
+// Sessions (session_service.cc): OpenSession, UpdateSessions and CloseSession propose commands
+// to the session's partition and answer once applied; GetSession reads the leader's applied
+// state. Leases and timers are the SessionManager's.
+//
+// Not served yet: metadata watch (UNIMPLEMENTED).
 #pragma once
 
 #include <functional>
@@ -15,6 +19,7 @@
 
 #include "herald/v1/broker.grpc.pb.h"
 #include "libs/cluster/raft_host.h"
+#include "libs/cluster/session_manager.h"
 
 namespace herald::cluster {
 
@@ -40,13 +45,18 @@ inline GroupId GroupForPartition(uint32_t partition) { return GroupId{partition}
 
 // Publish and Fetch use gRPC's callback API (no thread waits on Raft); Subscribe is a
 // synchronous bidirectional stream with a thread per stream (an edge opens one per core node).
-using BrokerServiceBase =
-    v1::Broker::WithCallbackMethod_Publish<v1::Broker::WithCallbackMethod_Fetch<
-        v1::Broker::WithCallbackMethod_GetRetained<v1::Broker::Service>>>;
+using BrokerServiceBase = v1::Broker::WithCallbackMethod_Publish<
+    v1::Broker::WithCallbackMethod_Fetch<v1::Broker::WithCallbackMethod_GetRetained<
+        v1::Broker::WithCallbackMethod_OpenSession<v1::Broker::WithCallbackMethod_UpdateSessions<
+            v1::Broker::WithCallbackMethod_CloseSession<
+                v1::Broker::WithCallbackMethod_GetSession<v1::Broker::Service>>>>>>>;
 
 class BrokerService final : public BrokerServiceBase {
  public:
-  BrokerService(RaftHost& host, BrokerServiceOptions options, Clock& clock = Clock::Real());
+  // `sessions` (optional, must outlive the service) keeps the session leases and timers;
+  // without it sessions are stored but no lease lapses and no timer fires.
+  BrokerService(RaftHost& host, BrokerServiceOptions options, Clock& clock = Clock::Real(),
+                SessionManager* sessions = nullptr);
 
   grpc::ServerUnaryReactor* Publish(grpc::CallbackServerContext* ctx,
                                     const v1::PublishRequest* request,
@@ -59,10 +69,26 @@ class BrokerService final : public BrokerServiceBase {
   grpc::Status Subscribe(
       grpc::ServerContext* ctx,
       grpc::ServerReaderWriter<v1::SubscribeResponse, v1::SubscribeRequest>* stream) override;
+  grpc::ServerUnaryReactor* OpenSession(grpc::CallbackServerContext* ctx,
+                                        const v1::OpenSessionRequest* request,
+                                        v1::OpenSessionResponse* response) override;
+  grpc::ServerUnaryReactor* UpdateSessions(grpc::CallbackServerContext* ctx,
+                                           const v1::UpdateSessionsRequest* request,
+                                           v1::UpdateSessionsResponse* response) override;
+  grpc::ServerUnaryReactor* CloseSession(grpc::CallbackServerContext* ctx,
+                                         const v1::CloseSessionRequest* request,
+                                         v1::CloseSessionResponse* response) override;
+  grpc::ServerUnaryReactor* GetSession(grpc::CallbackServerContext* ctx,
+                                       const v1::GetSessionRequest* request,
+                                       v1::GetSessionResponse* response) override;
 
  private:
   class Subscription;
   void SetNotLeader(raft::NodeId leader, uint64_t term, v1::ErrorInfo* error) const;
+  // Why a proposal did not (or may not have) committed, as a Herald error.
+  void SetProposalError(const ProposalResult& r, v1::ErrorInfo* error) const;
+  // INVALID_ARGUMENT's message for a malformed session update, or empty.
+  std::string ValidateSessionUpdate(const v1::SessionUpdate& u) const;
   // The request's limits, or the defaults for those it leaves at 0.
   broker::FetchLimits RequestLimits(uint32_t max_messages, uint64_t max_bytes) const;
   // Whether this node can serve a read of the partition (hosted and leading); if not, sets
@@ -74,6 +100,7 @@ class BrokerService final : public BrokerServiceBase {
   RaftHost& host_;
   const BrokerServiceOptions options_;
   Clock& clock_;
+  SessionManager* const sessions_;
 };
 
 }  // namespace herald::cluster

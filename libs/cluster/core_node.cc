@@ -25,6 +25,11 @@ void CoreNodeConfig::AddOptions(ConfigSchema& schema) {
   schema.Add("raft.tick", &raft_tick, "Raft tick interval.");
   schema.Add("raft.election_ticks", &raft_election_ticks,
              "Ticks without a leader before an election (randomized up to twice this).");
+  schema.Add("session.lease", &session_lease,
+             "MQTT session owner lease: an edge that does not renew a connected session within "
+             "it is treated as disconnected (will delay and session expiry start).");
+  schema.Add("session.timer_interval", &session_timer_interval,
+             "How often a partition leader checks session leases, will delays and expiry.");
   schema.Add("storage.sync", &storage_sync,
              "fsync every Raft write batch. Turning it off risks acknowledged messages on power "
              "loss.");
@@ -114,7 +119,15 @@ absl::Status CoreNode::Start(const std::string& data_dir) {
   BrokerServiceOptions bo;
   bo.partition_count = static_cast<uint32_t>(config_.partitions);
   bo.broker_addresses = *peers;
-  broker_service_ = std::make_unique<BrokerService>(*host_, bo);
+  SessionManagerOptions so;
+  so.node_id = config_.node_id;
+  so.partition_count = bo.partition_count;
+  so.broker_addresses = *peers;
+  so.lease = std::chrono::milliseconds(absl::ToInt64Milliseconds(config_.session_lease));
+  so.timer_interval =
+      std::chrono::milliseconds(absl::ToInt64Milliseconds(config_.session_timer_interval));
+  sessions_ = std::make_unique<SessionManager>(*host_, so);
+  broker_service_ = std::make_unique<BrokerService>(*host_, bo, Clock::Real(), sessions_.get());
   AdminServiceOptions ao;
   ao.node_id = config_.node_id;
   ao.cluster_id = config_.cluster_id;
@@ -137,6 +150,7 @@ absl::Status CoreNode::Start(const std::string& data_dir) {
   address_ = config_.listen.substr(0, config_.listen.rfind(':')) + ":" + std::to_string(port);
   absl::Status s = host_->Start();
   if (!s.ok()) return s;
+  sessions_->Start();
   {
     std::lock_guard<std::mutex> l(metrics_source_->mu);
     metrics_source_->host = host_.get();
@@ -159,10 +173,14 @@ void CoreNode::Stop() {
     server_->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
     server_.reset();
   }
+  // The session timers use the host: stop them first; their proposals' callbacks still run
+  // when the host stops, so the manager is destroyed after it.
+  if (sessions_) sessions_->Stop();
   if (host_) host_->Stop();
   transport_.reset();
   host_.reset();
   broker_service_.reset();
+  sessions_.reset();
   admin_service_.reset();
   raft_service_.reset();
   engine_.reset();

@@ -20,6 +20,7 @@
 #include "libs/cluster/core_metrics.h"
 #include "libs/cluster/grpc_transport.h"
 #include "libs/cluster/raft_host.h"
+#include "libs/cluster/session_manager.h"
 #include "libs/common/config.h"
 #include "libs/storage/engine.h"
 
@@ -36,10 +37,14 @@ struct CoreNodeConfig {
   int replication_factor = 3;
   absl::Duration raft_tick = absl::Milliseconds(100);
   int raft_election_ticks = 10;
+  // MQTT sessions: owner lease (OpenSessionResponse.lease_ms) and how often the leader checks
+  // leases, will delays and session expiry.
+  absl::Duration session_lease = absl::Seconds(30);
+  absl::Duration session_timer_interval = absl::Milliseconds(200);
   bool storage_sync = true;
   ByteSize storage_block_cache{256ull << 20};
 
-  // Registers the options under "core.", "cluster.", "raft." and "storage.".
+  // Registers the options under "core.", "cluster.", "raft.", "session." and "storage.".
   void AddOptions(ConfigSchema& schema);
 };
 
@@ -71,6 +76,7 @@ class CoreNode {
   std::unique_ptr<GrpcRaftTransport> transport_;
   std::unique_ptr<RaftHost> host_;
   std::unique_ptr<RaftTransportService> raft_service_;
+  std::unique_ptr<SessionManager> sessions_;
   std::unique_ptr<BrokerService> broker_service_;
   std::unique_ptr<AdminService> admin_service_;
   std::unique_ptr<grpc::Server> server_;

@@ -402,6 +402,7 @@ void RaftHost::RunPass(Inbox& inbox) {
   stats_.entries_applied.fetch_add(applied.size(), std::memory_order_relaxed);
 
   for (auto& [g, rd] : readies) {
+    g->sm->Flushed();
     for (raft::Message& m : rd.messages) transport_.Send(g->id, std::move(m));
   }
   transport_.Flush();

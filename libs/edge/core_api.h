@@ -1,17 +1,27 @@
-// The core as the edge's client protocols see it: publish, and keep a topic filter delivered.
+// The core as the edge's client protocols see it: publish, keep a topic filter delivered, read
+// history and retained messages, and keep MQTT persistent sessions.
 #pragma once
 
+#include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "herald/v1/broker.pb.h"
 #include "herald/v1/common.pb.h"
 
 namespace herald::edge {
 
 // What the MQTT server needs from the core (CoreClient implements it; tests fake it). Every
 // method is thread-safe; callbacks may run on any thread and must not block.
+//
+// Errors of the session methods: FAILED_PRECONDITION when the caller's owner epoch is stale (the
+// session was taken over: ErrorCode FENCED), NOT_FOUND when the session no longer exists,
+// UNAVAILABLE / DEADLINE_EXCEEDED when the core could not be reached in time (outcome unknown;
+// every session mutation is idempotent, so it may be retried).
 class CoreApi {
  public:
   virtual ~CoreApi() = default;
@@ -22,6 +32,32 @@ class CoreApi {
   // are delivered for it.
   virtual void AddFilter(const std::string& filter, std::function<void()> applied) = 0;
   virtual void RemoveFilter(const std::string& filter) = 0;
+
+  // The cluster's partition count.
+  virtual uint32_t partitions() const = 0;
+  // How far live delivery of `partition` has been evaluated on this edge (every message at or
+  // before it that matches an applied filter was handed to the delivery callback); nullopt when
+  // the partition has not been read yet.
+  virtual std::optional<v1::PartitionPosition> LivePosition(uint32_t partition) = 0;
+
+  // Reads committed messages of `partition` after `after` matching `filters` (at most
+  // `max_messages`), from the partition's leader.
+  virtual void Fetch(uint32_t partition, const v1::PartitionPosition& after,
+                     std::vector<std::string> filters, uint32_t max_messages,
+                     std::function<void(absl::StatusOr<v1::FetchResult>)> done) = 0;
+  // Every retained message matching `filters`, from all partitions (at most `max_messages`).
+  virtual void GetRetained(std::vector<std::string> filters, uint32_t max_messages,
+                           std::function<void(absl::StatusOr<std::vector<v1::Message>>)> done) = 0;
+
+  // MQTT persistent sessions (broker.proto), routed to the leader of the session's partition.
+  // An opened session's lease is renewed by the implementation until CloseSession or until a
+  // mutation fails with FAILED_PRECONDITION / NOT_FOUND.
+  virtual void OpenSession(v1::OpenSessionRequest request,
+                           std::function<void(absl::StatusOr<v1::OpenSessionResponse>)> done) = 0;
+  virtual void UpdateSession(v1::SessionUpdate update,
+                             std::function<void(const absl::Status&)> done) = 0;
+  virtual void CloseSession(v1::CloseSessionRequest request,
+                            std::function<void(const absl::Status&)> done) = 0;
 };
 
 }  // namespace herald::edge

@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <deque>
 #include <random>
 
@@ -22,6 +23,49 @@ uint64_t RandomProducerId() {
 
 absl::Status ToAbsl(const grpc::Status& s) {
   return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
+}
+
+// The caller-facing status for a core error that retrying cannot fix (see core_api.h).
+absl::Status FromErrorInfo(const v1::ErrorInfo& e) {
+  switch (e.code()) {
+    case v1::ERROR_CODE_FENCED:
+      return absl::FailedPreconditionError(StrCat("fenced: ", e.message()));
+    case v1::ERROR_CODE_SESSION_NOT_FOUND:
+      return absl::NotFoundError(StrCat("session not found: ", e.message()));
+    case v1::ERROR_CODE_CURSOR_INVALID:
+      return absl::OutOfRangeError(StrCat("cursor invalid: ", e.message()));
+    case v1::ERROR_CODE_INVALID_ARGUMENT:
+    case v1::ERROR_CODE_MESSAGE_TOO_LARGE:
+      return absl::InvalidArgumentError(e.message());
+    default:
+      return absl::UnavailableError(e.message());
+  }
+}
+
+bool Retryable(const v1::ErrorInfo* e, const grpc::Status& st) {
+  if (e != nullptr) {
+    switch (e->code()) {
+      case v1::ERROR_CODE_NOT_LEADER:
+      case v1::ERROR_CODE_PARTITION_UNAVAILABLE:
+      case v1::ERROR_CODE_OUTCOME_UNKNOWN:
+      case v1::ERROR_CODE_SHUTTING_DOWN:
+      case v1::ERROR_CODE_OVERLOADED:
+        return true;
+      case v1::ERROR_CODE_UNSPECIFIED:
+        break;
+      default:
+        return false;
+    }
+  }
+  switch (st.error_code()) {
+    case grpc::StatusCode::UNAVAILABLE:
+    case grpc::StatusCode::DEADLINE_EXCEEDED:
+    case grpc::StatusCode::RESOURCE_EXHAUSTED:
+    case grpc::StatusCode::ABORTED:
+      return true;
+    default:
+      return false;
+  }
 }
 
 }  // namespace
@@ -96,6 +140,7 @@ absl::Status CoreClient::Start() {
   if (options_.partitions == 0) return absl::InvalidArgumentError("partition count is 0");
   started_ = true;
   timer_thread_ = std::thread([this] { RunTimers(); });
+  RunAfter(options_.lease_renew_interval, [this] { RenewLeases(); });
   {
     std::lock_guard<std::mutex> l(mu_);
     for (size_t i = 0; i < stubs_.size(); ++i) {
@@ -125,6 +170,7 @@ void CoreClient::Shutdown() {
       for (auto& item : q->queue) failed.push_back(item.pending);
     }
     for (Call* c : calls_) c->ctx.TryCancel();
+    for (grpc::ClientContext* c : unary_calls_) c->TryCancel();
     for (auto& s : streams_) {
       if (s->ctx) s->ctx->TryCancel();
     }
@@ -136,7 +182,9 @@ void CoreClient::Shutdown() {
   }
   if (timer_thread_.joinable()) timer_thread_.join();
   std::unique_lock<std::mutex> l(mu_);
-  cv_.wait(l, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return calls_.empty(); });
+  cv_.wait(l, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return calls_.empty() && unary_calls_.empty();
+  });
   for (auto& q : queues_) q->queue.clear();
   filter_waiters_.clear();
 }
@@ -698,6 +746,322 @@ void CoreClient::RunStream(Stream* s) {
     cv_.wait_for(l, backoff, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return shutdown_; });
     backoff = std::min(backoff * 2, std::chrono::milliseconds(2000));
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unary calls: Fetch, GetRetained, sessions
+
+template <typename Req, typename Resp>
+struct CoreClient::Unary {
+  uint32_t partition = 0;
+  Req request;
+  std::function<void(v1::Broker::Stub*, grpc::ClientContext*, const Req*, Resp*,
+                     std::function<void(grpc::Status)>)>
+      invoke;
+  std::function<const v1::ErrorInfo*(const Resp&)> item_error;
+  std::function<void(absl::StatusOr<Resp>)> done;
+  Clock::time_point deadline;
+  int attempts = 0;
+  // Current attempt.
+  std::unique_ptr<grpc::ClientContext> ctx;
+  Resp response;
+  size_t server = 0;
+};
+
+template <typename Req, typename Resp>
+void CoreClient::CallLeader(std::shared_ptr<Unary<Req, Resp>> call) {
+  bool refused = false;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (shutdown_ || !started_ || stubs_.empty()) {
+      refused = true;
+    } else {
+      call->server = queues_[call->partition]->leader;
+      call->ctx = std::make_unique<grpc::ClientContext>();
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(call->deadline -
+                                                                        Clock::now());
+      left = std::clamp(left, std::chrono::milliseconds(50), std::chrono::milliseconds(5000));
+      call->ctx->set_deadline(std::chrono::system_clock::now() + left);
+      call->response.Clear();
+      unary_calls_.insert(call->ctx.get());
+      ++call->attempts;
+    }
+  }
+  if (refused) {
+    call->done(absl::UnavailableError("core client not running"));
+    return;
+  }
+  call->invoke(stubs_[call->server].get(), call->ctx.get(), &call->request, &call->response,
+               [this, call](grpc::Status st) {
+                 v1::ErrorInfo parsed;
+                 const v1::ErrorInfo* err = nullptr;
+                 if (!st.ok()) {
+                   if (!st.error_details().empty() && parsed.ParseFromString(st.error_details())) {
+                     err = &parsed;
+                   }
+                 } else if (call->item_error) {
+                   err = call->item_error(call->response);
+                 }
+                 grpc::ClientContext* ctx = call->ctx.get();
+                 std::optional<absl::StatusOr<Resp>> result;
+                 {
+                   std::lock_guard<std::mutex> l(mu_);
+                   if (st.ok() && err == nullptr) {
+                     result.emplace(std::move(call->response));
+                   } else if (!shutdown_ && Retryable(err, st) && Clock::now() < call->deadline) {
+                     if (err == nullptr || err->code() == v1::ERROR_CODE_NOT_LEADER ||
+                         (err->has_leader_hint() && err->leader_hint().node_id() != 0)) {
+                       size_t next = LeaderIndexLocked(call->partition, err, call->server);
+                       queues_[call->partition]->leader = next;
+                     }
+                     int backoff = std::min(20 * call->attempts, 500);
+                     if (err != nullptr && err->retry_after_ms() > 0) backoff = err->retry_after_ms();
+                     timers_.emplace(Clock::now() + std::chrono::milliseconds(backoff),
+                                     [this, call] { CallLeader(call); });
+                     cv_.notify_all();
+                   } else if (err != nullptr) {
+                     result.emplace(FromErrorInfo(*err));
+                   } else {
+                     result.emplace(ToAbsl(st));
+                   }
+                 }
+                 if (result) call->done(std::move(*result));
+                 std::lock_guard<std::mutex> l(mu_);
+                 unary_calls_.erase(ctx);
+                 cv_.notify_all();
+               });
+}
+
+std::optional<v1::PartitionPosition> CoreClient::LivePosition(uint32_t partition) {
+  std::lock_guard<std::mutex> l(mu_);
+  auto it = resume_.find(partition);
+  if (it == resume_.end()) return std::nullopt;
+  return it->second;
+}
+
+void CoreClient::Fetch(uint32_t partition, const v1::PartitionPosition& after,
+                       std::vector<std::string> filters, uint32_t max_messages,
+                       std::function<void(absl::StatusOr<v1::FetchResult>)> done) {
+  auto call = std::make_shared<Unary<v1::FetchRequest, v1::FetchResponse>>();
+  call->partition = partition % std::max<uint32_t>(options_.partitions, 1);
+  v1::FetchRange* r = call->request.add_ranges();
+  r->set_partition(partition);
+  r->set_epoch(after.epoch());
+  r->set_after_offset(after.offset());
+  for (auto& f : filters) call->request.add_filters(std::move(f));
+  call->request.set_max_messages(max_messages);
+  call->invoke = [](v1::Broker::Stub* stub, grpc::ClientContext* ctx, const v1::FetchRequest* req,
+                    v1::FetchResponse* resp, std::function<void(grpc::Status)> cb) {
+    stub->async()->Fetch(ctx, req, resp, std::move(cb));
+  };
+  call->item_error = [](const v1::FetchResponse& resp) -> const v1::ErrorInfo* {
+    if (resp.results_size() > 0 && resp.results(0).has_error()) return &resp.results(0).error();
+    return nullptr;
+  };
+  call->done = [done = std::move(done)](absl::StatusOr<v1::FetchResponse> resp) {
+    if (!resp.ok()) return done(resp.status());
+    if (resp->results_size() == 0) return done(absl::InternalError("empty fetch response"));
+    done(std::move(*resp->mutable_results(0)));
+  };
+  call->deadline = Clock::now() + options_.request_timeout;
+  CallLeader(call);
+}
+
+// One GetRetained() call: every partition it needs is read page by page, concurrently.
+struct CoreClient::RetainedScan {
+  std::mutex mu;
+  std::vector<std::string> filters;
+  uint32_t max_messages = 0;
+  size_t partitions_left = 0;
+  std::vector<v1::Message> messages;
+  absl::Status status;
+  std::function<void(absl::StatusOr<std::vector<v1::Message>>)> done;
+};
+
+void CoreClient::GetRetained(
+    std::vector<std::string> filters, uint32_t max_messages,
+    std::function<void(absl::StatusOr<std::vector<v1::Message>>)> done) {
+  auto scan = std::make_shared<RetainedScan>();
+  // A filter without wildcards names one topic, which lives in one partition.
+  std::set<uint32_t> parts;
+  for (const auto& f : filters) {
+    if (f.find_first_of("+#") == std::string::npos) {
+      parts.insert(PartitionFor(f, options_.partitions));
+    } else {
+      for (uint32_t p = 0; p < options_.partitions; ++p) parts.insert(p);
+      break;
+    }
+  }
+  scan->filters = std::move(filters);
+  scan->max_messages = max_messages;
+  scan->done = std::move(done);
+  scan->partitions_left = parts.size();
+  if (parts.empty()) {
+    scan->done(std::vector<v1::Message>{});
+    return;
+  }
+  for (uint32_t p : parts) {
+    auto call = std::make_shared<Unary<v1::GetRetainedRequest, v1::GetRetainedResponse>>();
+    call->partition = p;
+    call->request.add_queries()->set_partition(p);
+    for (const auto& f : scan->filters) call->request.add_filters(f);
+    call->request.set_max_messages(std::min<uint32_t>(max_messages, 1000));
+    call->invoke = [](v1::Broker::Stub* stub, grpc::ClientContext* ctx,
+                      const v1::GetRetainedRequest* req, v1::GetRetainedResponse* resp,
+                      std::function<void(grpc::Status)> cb) {
+      stub->async()->GetRetained(ctx, req, resp, std::move(cb));
+    };
+    call->item_error = [](const v1::GetRetainedResponse& resp) -> const v1::ErrorInfo* {
+      if (resp.results_size() > 0 && resp.results(0).has_error()) return &resp.results(0).error();
+      return nullptr;
+    };
+    call->deadline = Clock::now() + options_.request_timeout;
+    std::weak_ptr<Unary<v1::GetRetainedRequest, v1::GetRetainedResponse>> weak = call;
+    call->done = [this, scan, weak](absl::StatusOr<v1::GetRetainedResponse> resp) {
+      auto self = weak.lock();
+      bool more = false;
+      {
+        std::lock_guard<std::mutex> l(scan->mu);
+        if (!resp.ok()) {
+          if (scan->status.ok()) scan->status = resp.status();
+        } else if (resp->results_size() > 0) {
+          v1::RetainedResult& r = *resp->mutable_results(0);
+          for (auto& m : *r.mutable_messages()) {
+            if (scan->messages.size() >= scan->max_messages) break;
+            scan->messages.push_back(std::move(m));
+          }
+          if (!r.next_after_topic().empty() && scan->messages.size() < scan->max_messages &&
+              self) {
+            self->request.mutable_queries(0)->set_after_topic(r.next_after_topic());
+            self->attempts = 0;
+            self->deadline = Clock::now() + options_.request_timeout;
+            more = true;
+          }
+        }
+        if (!more && --scan->partitions_left > 0) return;
+      }
+      if (more) {
+        CallLeader(self);
+        return;
+      }
+      if (!scan->status.ok()) return scan->done(scan->status);
+      std::sort(scan->messages.begin(), scan->messages.end(),
+                [](const v1::Message& a, const v1::Message& b) { return a.topic() < b.topic(); });
+      scan->done(std::move(scan->messages));
+    };
+    CallLeader(call);
+  }
+}
+
+void CoreClient::OpenSession(v1::OpenSessionRequest request,
+                             std::function<void(absl::StatusOr<v1::OpenSessionResponse>)> done) {
+  auto call = std::make_shared<Unary<v1::OpenSessionRequest, v1::OpenSessionResponse>>();
+  call->partition = PartitionFor(request.client_id(), options_.partitions);
+  call->request = std::move(request);
+  call->invoke = [](v1::Broker::Stub* stub, grpc::ClientContext* ctx,
+                    const v1::OpenSessionRequest* req, v1::OpenSessionResponse* resp,
+                    std::function<void(grpc::Status)> cb) {
+    stub->async()->OpenSession(ctx, req, resp, std::move(cb));
+  };
+  call->deadline = Clock::now() + options_.request_timeout;
+  call->done = [this, done = std::move(done)](absl::StatusOr<v1::OpenSessionResponse> resp) {
+    if (resp.ok()) {
+      std::lock_guard<std::mutex> l(mu_);
+      leases_[resp->session().client_id()] = resp->session().owner_epoch();
+    }
+    done(std::move(resp));
+  };
+  CallLeader(call);
+}
+
+void CoreClient::UpdateSession(v1::SessionUpdate update,
+                               std::function<void(const absl::Status&)> done) {
+  auto call = std::make_shared<Unary<v1::UpdateSessionsRequest, v1::UpdateSessionsResponse>>();
+  call->partition = PartitionFor(update.client_id(), options_.partitions);
+  std::string client_id = update.client_id();
+  uint64_t epoch = update.owner_epoch();
+  *call->request.add_updates() = std::move(update);
+  call->invoke = [](v1::Broker::Stub* stub, grpc::ClientContext* ctx,
+                    const v1::UpdateSessionsRequest* req, v1::UpdateSessionsResponse* resp,
+                    std::function<void(grpc::Status)> cb) {
+    stub->async()->UpdateSessions(ctx, req, resp, std::move(cb));
+  };
+  call->item_error = [](const v1::UpdateSessionsResponse& resp) -> const v1::ErrorInfo* {
+    if (resp.results_size() > 0 && resp.results(0).has_error()) return &resp.results(0).error();
+    return nullptr;
+  };
+  call->deadline = Clock::now() + options_.request_timeout;
+  call->done = [this, client_id, epoch,
+                done = std::move(done)](absl::StatusOr<v1::UpdateSessionsResponse> resp) {
+    if (absl::IsFailedPrecondition(resp.status()) || absl::IsNotFound(resp.status())) {
+      std::lock_guard<std::mutex> l(mu_);
+      auto it = leases_.find(client_id);
+      if (it != leases_.end() && it->second == epoch) leases_.erase(it);
+    }
+    if (done) done(resp.status());
+  };
+  CallLeader(call);
+}
+
+void CoreClient::CloseSession(v1::CloseSessionRequest request,
+                              std::function<void(const absl::Status&)> done) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    auto it = leases_.find(request.client_id());
+    if (it != leases_.end() && it->second == request.owner_epoch()) leases_.erase(it);
+  }
+  auto call = std::make_shared<Unary<v1::CloseSessionRequest, v1::CloseSessionResponse>>();
+  call->partition = PartitionFor(request.client_id(), options_.partitions);
+  call->request = std::move(request);
+  call->invoke = [](v1::Broker::Stub* stub, grpc::ClientContext* ctx,
+                    const v1::CloseSessionRequest* req, v1::CloseSessionResponse* resp,
+                    std::function<void(grpc::Status)> cb) {
+    stub->async()->CloseSession(ctx, req, resp, std::move(cb));
+  };
+  call->deadline = Clock::now() + options_.request_timeout;
+  call->done = [done = std::move(done)](absl::StatusOr<v1::CloseSessionResponse> resp) {
+    if (done) done(resp.status());
+  };
+  CallLeader(call);
+}
+
+void CoreClient::RenewLeases() {
+  std::map<uint32_t, std::vector<std::pair<std::string, uint64_t>>> by_partition;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (shutdown_) return;
+    for (const auto& [client, epoch] : leases_) {
+      by_partition[PartitionFor(client, options_.partitions)].emplace_back(client, epoch);
+    }
+  }
+  for (auto& [p, sessions] : by_partition) {
+    auto call = std::make_shared<Unary<v1::UpdateSessionsRequest, v1::UpdateSessionsResponse>>();
+    call->partition = p;
+    for (const auto& [client, epoch] : sessions) {
+      v1::SessionUpdate* u = call->request.add_updates();
+      u->set_client_id(client);
+      u->set_owner_epoch(epoch);
+    }
+    call->invoke = [](v1::Broker::Stub* stub, grpc::ClientContext* ctx,
+                      const v1::UpdateSessionsRequest* req, v1::UpdateSessionsResponse* resp,
+                      std::function<void(grpc::Status)> cb) {
+      stub->async()->UpdateSessions(ctx, req, resp, std::move(cb));
+    };
+    call->deadline = Clock::now() + options_.lease_renew_interval;
+    call->done = [this, sessions](absl::StatusOr<v1::UpdateSessionsResponse> resp) {
+      if (!resp.ok()) return;
+      std::lock_guard<std::mutex> l(mu_);
+      for (int i = 0; i < resp->results_size() && i < static_cast<int>(sessions.size()); ++i) {
+        v1::ErrorCode code = resp->results(i).error().code();
+        if (code == v1::ERROR_CODE_FENCED || code == v1::ERROR_CODE_SESSION_NOT_FOUND) {
+          auto it = leases_.find(sessions[i].first);
+          if (it != leases_.end() && it->second == sessions[i].second) leases_.erase(it);
+        }
+      }
+    };
+    CallLeader(call);
+  }
+  RunAfter(options_.lease_renew_interval, [this] { RenewLeases(); });
 }
 
 }  // namespace herald::edge

@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -54,6 +55,10 @@ struct CoreClientOptions {
   size_t max_queued_per_partition = 10000;
   // Credit granted to each Subscribe stream at start, and topped up as it is consumed.
   uint64_t stream_credit_bytes = 4 << 20;
+  // Fetch, GetRetained and session calls give up after this long (retrying meanwhile).
+  std::chrono::milliseconds request_timeout{10000};
+  // How often open sessions' leases are renewed (the core's lease is 30 s by default).
+  std::chrono::milliseconds lease_renew_interval{5000};
 };
 
 class CoreClient final : public CoreApi {
@@ -88,7 +93,20 @@ class CoreClient final : public CoreApi {
   // `timeout`; false on timeout. A partition has no leader for a moment after a core starts.
   bool WaitUntilAttached(std::chrono::milliseconds timeout);
 
-  uint32_t partitions() const { return options_.partitions; }
+  uint32_t partitions() const override { return options_.partitions; }
+  std::optional<v1::PartitionPosition> LivePosition(uint32_t partition) override;
+
+  void Fetch(uint32_t partition, const v1::PartitionPosition& after,
+             std::vector<std::string> filters, uint32_t max_messages,
+             std::function<void(absl::StatusOr<v1::FetchResult>)> done) override;
+  void GetRetained(std::vector<std::string> filters, uint32_t max_messages,
+                   std::function<void(absl::StatusOr<std::vector<v1::Message>>)> done) override;
+  void OpenSession(v1::OpenSessionRequest request,
+                   std::function<void(absl::StatusOr<v1::OpenSessionResponse>)> done) override;
+  void UpdateSession(v1::SessionUpdate update,
+                     std::function<void(const absl::Status&)> done) override;
+  void CloseSession(v1::CloseSessionRequest request,
+                    std::function<void(const absl::Status&)> done) override;
 
  private:
   struct Pending;
@@ -102,6 +120,16 @@ class CoreClient final : public CoreApi {
   void FinishPending(const std::shared_ptr<Pending>& p, const absl::Status& s);
   size_t LeaderIndexLocked(uint32_t partition, const v1::ErrorInfo* error, size_t current)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+
+  // Unary calls to a partition's leader, retried on NOT_LEADER and unavailability until
+  // `options_.request_timeout`. `invoke` starts the call on a stub; `item_error` finds an
+  // in-band error in an OK response (nullptr: none).
+  template <typename Req, typename Resp>
+  struct Unary;
+  struct RetainedScan;
+  template <typename Req, typename Resp>
+  void CallLeader(std::shared_ptr<Unary<Req, Resp>> call);
+  void RenewLeases();
 
   // Subscribing.
   void RunStream(Stream* s);
@@ -130,6 +158,7 @@ class CoreClient final : public CoreApi {
   // Publishing state.
   std::vector<std::unique_ptr<PartitionQueue>> queues_ ABSL_GUARDED_BY(mu_);
   std::set<Call*> calls_ ABSL_GUARDED_BY(mu_);
+  std::set<grpc::ClientContext*> unary_calls_ ABSL_GUARDED_BY(mu_);
   // Held from the allocation of a SubscribeChange id to its write (and while a stream starts),
   // so every stream receives changes in id order and none falls between a stream's start message
   // and its first change. Taken before mu_ and write_mu.
@@ -151,6 +180,9 @@ class CoreClient final : public CoreApi {
   std::multimap<std::chrono::steady_clock::time_point, std::function<void()>> timers_
       ABSL_GUARDED_BY(mu_);
   std::thread timer_thread_;
+  // Open sessions whose leases this client renews: client id -> owner epoch.
+  std::map<std::string, uint64_t> leases_ ABSL_GUARDED_BY(mu_);
+  bool renewing_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace herald::edge

@@ -4,18 +4,21 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <deque>
 #include <map>
 #include <mutex>
 #include <random>
 #include <set>
 #include <shared_mutex>
+#include <thread>
 #include <unordered_map>
 
 #include "absl/base/thread_annotations.h"
 #include "libs/common/logging.h"
+#include "libs/common/partitioning.h"
 #include "libs/common/strings.h"
-#include "libs/net/connection.h"
+#include "libs/common/version.h"
 #include "libs/protocol/mqtt/codec.h"
 #include "libs/protocol/mqtt/topic.h"
 #include "libs/protocol/mqtt/topic_trie.h"
@@ -52,19 +55,50 @@ struct LoopState {
   std::unordered_map<uint64_t, MqttSession*> sessions;
 };
 
-// A subscription as the shared index stores it.
+// A subscription as the shared index stores it. Equal when it names the same session (a
+// session has one subscription per filter).
 struct SubRef {
-  LoopState* loop_state;
-  uint64_t session_id;
-  uint8_t qos;
-  bool operator==(const SubRef&) const = default;
+  LoopState* loop_state = nullptr;
+  uint64_t session_id = 0;
+  const std::string* client_id = nullptr;  // the session's; valid while the entry is indexed
+  uint8_t qos = 0;
+  bool no_local = false;
+  bool retain_as_published = false;
+  uint32_t subscription_id = 0;
+  bool operator==(const SubRef& o) const {
+    return loop_state == o.loop_state && session_id == o.session_id;
+  }
+};
+
+// The members of one shared subscription `$share/{group}/{filter}` on this edge; each message
+// goes to one of them, in turn (MQTT 5.0 §4.8.2).
+struct SharedGroup {
+  std::string key;  // "$share/{group}/{filter}"
+  std::vector<SubRef> members;
+  size_t next = 0;
+};
+
+// A message on its way to one session.
+struct OutMessage {
+  QoS qos = QoS::kAtMostOnce;
+  bool retain = false;
+  std::vector<uint32_t> subscription_ids;
+  std::shared_ptr<const v1::Message> message;
+  // Non-empty: delivered through this shared subscription (given to another member if this
+  // session goes away without acknowledging it).
+  std::string shared_key;
+  // A log message counted in the session's cursor (persistent sessions).
+  bool from_log = false;
 };
 
 struct Delivery {
   uint64_t session_id;
-  QoS qos;
-  std::shared_ptr<const v1::Message> message;
+  OutMessage out;
 };
+
+void RunOnSession(const std::shared_ptr<LoopState>& st, uint64_t sid,
+                  absl::AnyInvocable<void(MqttSession&)> fn);
+void PostDelivery(const std::shared_ptr<LoopState>& st, Delivery d);
 
 }  // namespace
 
@@ -73,6 +107,13 @@ struct MqttServer::Hub {
   std::atomic<bool> stopped{false};
   std::atomic<uint64_t> next_session_id{1};
   std::atomic<int64_t> live_sessions{0};
+  std::atomic<int64_t> connected{0};
+  // $SYS counters.
+  std::atomic<uint64_t> messages_received{0};
+  std::atomic<uint64_t> messages_sent{0};
+  std::atomic<uint64_t> subscriptions{0};
+  const std::chrono::steady_clock::time_point started = std::chrono::steady_clock::now();
+  std::shared_ptr<net::ConnectionStats> conn_stats = std::make_shared<net::ConnectionStats>();
   // Fixed once the server started.
   std::map<net::EventLoop*, std::shared_ptr<LoopState>> loops;
 
@@ -81,11 +122,22 @@ struct MqttServer::Hub {
 
   std::mutex mu;
   mqtt::TopicTrie<SubRef> trie ABSL_GUARDED_BY(mu);
+  mqtt::TopicTrie<SharedGroup*> shared_trie ABSL_GUARDED_BY(mu);
+  std::map<std::string, std::unique_ptr<SharedGroup>> shared_groups ABSL_GUARDED_BY(mu);
   struct Owner {
     LoopState* loop_state;
     uint64_t session_id;
   };
   std::map<std::string, Owner> clients ABSL_GUARDED_BY(mu);
+  // Current $SYS topics and payloads, sent as retained messages on subscribe.
+  std::map<std::string, std::string> sys_values ABSL_GUARDED_BY(mu);
+
+  // Password checks run here, off the event loops.
+  std::mutex auth_mu;
+  std::condition_variable auth_cv;
+  std::deque<absl::AnyInvocable<void()>> auth_jobs ABSL_GUARDED_BY(auth_mu);
+  bool auth_stop ABSL_GUARDED_BY(auth_mu) = false;
+  std::thread auth_thread;
 
   std::shared_ptr<LoopState> StateOf(LoopState* raw) {
     for (auto& [loop, st] : loops) {
@@ -94,21 +146,53 @@ struct MqttServer::Hub {
     return nullptr;
   }
 
-  void Publish(std::vector<v1::Message> m, std::function<void(const absl::Status&)> done) {
+  // Runs `fn(core)` with the core, or `fn(nullptr)` once the server stopped.
+  template <typename F>
+  void WithCore(F&& fn) {
     std::shared_lock<std::shared_mutex> l(core_mu);
-    if (core == nullptr) {
-      if (done) done(absl::UnavailableError("server stopping"));
-      return;
+    fn(core);
+  }
+
+  void RunAuth(absl::AnyInvocable<void()> job) {
+    std::lock_guard<std::mutex> l(auth_mu);
+    auth_jobs.push_back(std::move(job));
+    auth_cv.notify_one();
+  }
+  void AuthLoop() {
+    std::unique_lock<std::mutex> l(auth_mu);
+    for (;;) {
+      auth_cv.wait(l, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(auth_mu) {
+        return auth_stop || !auth_jobs.empty();
+      });
+      if (auth_jobs.empty()) return;
+      auto job = std::move(auth_jobs.front());
+      auth_jobs.pop_front();
+      l.unlock();
+      job();
+      l.lock();
     }
-    core->Publish(std::move(m), std::move(done));
   }
-  void AddFilter(const std::string& f, std::function<void()> applied) {
-    std::shared_lock<std::shared_mutex> l(core_mu);
-    if (core != nullptr) core->AddFilter(f, std::move(applied));
-  }
-  void RemoveFilter(const std::string& f) {
-    std::shared_lock<std::shared_mutex> l(core_mu);
-    if (core != nullptr) core->RemoveFilter(f);
+
+  // Gives a message a member of `key` left unacknowledged to another member (none: dropped).
+  void RedeliverShared(const std::string& key, OutMessage out, uint64_t except_session) {
+    std::optional<SubRef> target;
+    {
+      std::lock_guard<std::mutex> l(mu);
+      auto it = shared_groups.find(key);
+      if (it == shared_groups.end()) return;
+      SharedGroup& g = *it->second;
+      for (size_t i = 0; i < g.members.size() && !target; ++i) {
+        const SubRef& r = g.members[g.next++ % g.members.size()];
+        if (r.session_id != except_session) target = r;
+      }
+    }
+    if (!target) return;
+    std::shared_ptr<LoopState> st = StateOf(target->loop_state);
+    if (!st) return;
+    out.qos = static_cast<QoS>(
+        std::min<uint8_t>(target->qos, static_cast<uint8_t>(out.message->qos())));
+    out.from_log = false;
+    PostDelivery(st, Delivery{target->session_id, std::move(out)});
   }
 };
 
@@ -116,14 +200,18 @@ namespace {
 
 using Hub = MqttServer::Hub;
 
-// One MQTT client connection. Lives on its connection's loop; see mqtt_server.h.
-class MqttSession final : public net::ConnectionHandler {
+uint8_t Qos(QoS q) { return static_cast<uint8_t>(q); }
+
+// One MQTT client connection and its session. Lives on its connection's loop.
+class MqttSession final : public MqttServer::Endpoint {
  public:
   MqttSession(std::shared_ptr<Hub> hub, std::shared_ptr<LoopState> loop_state,
-              net::Connection& conn)
+              net::Connection& conn, std::unique_ptr<MqttServer::Transport> transport)
       : hub_(std::move(hub)),
         loop_state_(std::move(loop_state)),
         conn_(&conn),
+        transport_(std::move(transport)),
+        peer_(conn.peer().ToString()),
         id_(hub_->next_session_id.fetch_add(1)),
         decoder_(mqtt::DecoderOptions{.role = mqtt::Role::kServer,
                                       .maximum_packet_size = hub_->options.maximum_packet_size}) {
@@ -131,8 +219,8 @@ class MqttSession final : public net::ConnectionHandler {
     hub_->live_sessions.fetch_add(1);
     connect_timer_ = std::make_unique<net::Timer>(conn.loop(), [this] {
       if (!connected_) {
-        spdlog::debug("mqtt {}: no CONNECT in time", conn_->peer().ToString());
-        conn_->Close();
+        spdlog::debug("mqtt {}: no CONNECT in time", peer_);
+        CloseNow();
       }
     });
     connect_timer_->Start(hub_->options.connect_timeout);
@@ -140,117 +228,331 @@ class MqttSession final : public net::ConnectionHandler {
 
   ~MqttSession() override { Cleanup(); }
 
-  void OnData(net::Connection&, std::string_view data) override {
+  void OnBytes(std::string_view data) override {
     if (closing_) return;
     if (keep_alive_timer_) keep_alive_timer_->Start(keep_alive_timeout_);
-    packets_.clear();
-    std::optional<mqtt::Error> error = decoder_.Feed(data, &packets_);
-    for (auto& p : packets_) {
+    std::vector<mqtt::Packet> packets;
+    std::optional<mqtt::Error> error = decoder_.Feed(data, &packets);
+    for (auto& p : packets) {
       if (closing_) return;
+      if (connecting_) {
+        deferred_.push_back(std::move(p));  // handled once CONNECT is answered
+        continue;
+      }
       Handle(p);
     }
-    if (error && !closing_) OnDecodeError(*error);
+    if (error && !closing_) {
+      if (connecting_) {
+        deferred_error_ = std::move(error);
+      } else {
+        OnDecodeError(*error);
+      }
+    }
   }
 
-  void OnClose(net::Connection&, const absl::Status& reason) override {
-    if (!reason.ok()) {
-      spdlog::debug("mqtt {} ({}): closed: {}", conn_->peer().ToString(), client_id_, reason);
-    }
+  void OnClosed(const absl::Status& reason) override {
+    if (!reason.ok()) spdlog::debug("mqtt {} ({}): closed: {}", peer_, client_id_, reason);
     Cleanup();
   }
 
-  // A message for this session from the fan-out. `qos` is already min(subscription, message).
-  void Deliver(QoS qos, std::shared_ptr<const v1::Message> message) {
-    if (!connected_ || closing_) return;
-    if (!queue_.empty() || (qos != QoS::kAtMostOnce && inflight_.size() >= window_)) {
-      if (queue_.size() >= hub_->options.max_queued_messages) {
-        spdlog::info("mqtt {} ({}): slow client, {} messages queued; disconnecting",
-                     conn_->peer().ToString(), client_id_, queue_.size());
-        CloseWith(ReasonCode::kQuotaExceeded);
-        return;
-      }
-      queue_.emplace_back(qos, std::move(message));
+  // A message for this session from the fan-out.
+  void Deliver(OutMessage out) {
+    if (!connected_ || closing_) {
+      if (!out.shared_key.empty()) Redeliver(std::move(out));
       return;
     }
-    SendMessage(qos, *message);
+    const v1::Message& m = *out.message;
+    if (persistent_ && out.shared_key.empty() && m.offset() != 0) {
+      uint32_t p = m.partition();
+      if (auto it = catchup_.find(p); it != catchup_.end()) {
+        // Read by the catch-up instead; remember that live delivery got this far.
+        it->second.max_dropped = std::max(it->second.max_dropped, m.offset());
+        return;
+      }
+      if (auto s = skip_through_.find(p); s != skip_through_.end() && m.offset() <= s->second) {
+        return;  // already delivered by the catch-up
+      }
+      uint64_t& done = processed_[p];
+      done = std::max(done, m.offset());
+      out.from_log = true;
+    }
+    Enqueue(std::move(out), /*enforce_quota=*/true);
   }
 
   // Another connection took this client id over (§3.1.4-3).
   void TakenOver() {
     if (closing_) return;
     registered_ = false;  // the registry entry is the new owner's now
+    taken_over_ = true;
     CloseWith(ReasonCode::kSessionTakenOver);
   }
 
   void ServerStopping() { CloseWith(ReasonCode::kServerShuttingDown); }
 
-  // The core answered an inbound QoS 1 publish (index into inbound_acks_).
+  void ContinueConnect(bool authenticated) {
+    if (closing_) return;
+    if (!authenticated) {
+      RefuseConnect(ReasonCode::kBadUserNameOrPassword);
+      return;
+    }
+    mqtt::Connect& c = *pending_connect_;
+    if (c.will && hub_->options.may_publish &&
+        !hub_->options.may_publish(client_id_, username_, c.will->topic)) {
+      RefuseConnect(ReasonCode::kNotAuthorized);
+      return;
+    }
+    uint32_t expiry = 0;
+    if (version_ == Version::kV5) {
+      expiry = c.properties.session_expiry_interval.value_or(0);
+    } else if (!c.clean_start) {
+      expiry = hub_->options.max_session_expiry_s;
+    }
+    if (expiry > hub_->options.max_session_expiry_s) {
+      expiry = hub_->options.max_session_expiry_s;
+      expiry_capped_ = true;
+    }
+    expiry_s_ = expiry;
+    // Take over an existing connection with the same client id on this edge.
+    std::optional<Hub::Owner> previous;
+    {
+      std::lock_guard<std::mutex> l(hub_->mu);
+      auto [it, inserted] = hub_->clients.try_emplace(client_id_, Hub::Owner{});
+      if (!inserted) previous = it->second;
+      it->second = Hub::Owner{loop_state_.get(), id_};
+    }
+    registered_ = true;
+    if (previous) {
+      std::shared_ptr<LoopState> st = hub_->StateOf(previous->loop_state);
+      if (st) RunOnSession(st, previous->session_id, [](MqttSession& s) { s.TakenOver(); });
+    }
+    if (expiry == 0 && !c.will) {
+      FinishConnect(false, nullptr);
+      return;
+    }
+    // The session (or at least its will) lives in the core.
+    v1::OpenSessionRequest req;
+    req.set_client_id(client_id_);
+    req.set_edge_id(hub_->options.edge_id);
+    req.set_clean_start(c.clean_start);
+    req.set_expiry_interval_s(expiry);
+    if (c.will) {
+      v1::WillMessage* w = req.mutable_will();
+      *w->mutable_message() = ToMessage(c.will->topic, std::move(c.will->payload), c.will->qos,
+                                        c.will->retain, c.will->properties);
+      w->set_delay_interval_s(c.will->properties.will_delay_interval.value_or(0));
+    }
+    auto st = loop_state_;
+    uint64_t sid = id_;
+    bool opened = false;
+    hub_->WithCore([&](CoreApi* core) {
+      if (core == nullptr) return;
+      opened = true;
+      core->OpenSession(std::move(req), [st, sid](absl::StatusOr<v1::OpenSessionResponse> r) {
+        RunOnSession(st, sid, [r = std::move(r)](MqttSession& s) mutable {
+          s.SessionOpened(std::move(r));
+        });
+      });
+    });
+    if (!opened) RefuseConnect(ReasonCode::kServerUnavailable);
+  }
+
+  void SessionOpened(absl::StatusOr<v1::OpenSessionResponse> r) {
+    if (closing_) return;
+    if (!r.ok()) {
+      spdlog::warn("mqtt {} ({}): cannot open session: {}", peer_, client_id_, r.status());
+      RefuseConnect(ReasonCode::kServerUnavailable);
+      return;
+    }
+    persistent_ = true;
+    epoch_ = r->session().owner_epoch();
+    FinishConnect(r->session_present(), &r->session());
+  }
+
+  // The core answered an inbound QoS 1/2 publish (index into inbound_acks_).
   void InboundPublishDone(uint64_t seq, const absl::Status& status) {
     if (closing_) return;
     if (seq < inbound_base_ || seq - inbound_base_ >= inbound_acks_.size()) return;
     InboundAck& a = inbound_acks_[seq - inbound_base_];
     a.done = true;
     a.status = status;
-    // §4.6: PUBACKs go out in the order the PUBLISHes came.
-    while (!inbound_acks_.empty() && inbound_acks_.front().done) {
-      InboundAck front = std::move(inbound_acks_.front());
-      inbound_acks_.pop_front();
-      ++inbound_base_;
-      if (!front.status.ok()) {
-        spdlog::warn("mqtt {} ({}): publish failed: {}", conn_->peer().ToString(), client_id_,
-                     front.status);
-        if (version_ == Version::kV311) {
-          // 3.1.1 has no negative PUBACK: close, the client resends on its next connection.
-          conn_->Close();
-          closing_ = true;
-          return;
-        }
-        Send(mqtt::Puback{.packet_id = front.packet_id,
-                          .reason_code = ReasonCode::kUnspecifiedError});
-        continue;
-      }
-      Send(mqtt::Puback{.packet_id = front.packet_id});
+    FlushInboundAcks();
+  }
+
+  // The filters of a SUBSCRIBE are applied (and, for a persistent session, stored).
+  void SubscribeReady(mqtt::Suback suback, std::vector<std::string> retained_filters,
+                      const absl::Status& stored) {
+    if (closing_) return;
+    if (absl::IsFailedPrecondition(stored)) {
+      Fenced();
+      return;
+    }
+    Send(std::move(suback));
+    // A persistent session is owed the new filters' messages from here on: record where.
+    if (persistent_) StartCommit();
+    if (!retained_filters.empty()) SendRetained(std::move(retained_filters));
+  }
+
+  void RetainedFound(std::vector<std::string> filters, std::vector<v1::Message> messages) {
+    if (closing_ || !connected_) return;
+    for (auto& m : messages) {
+      std::optional<OutMessage> out = MatchOwn(m, &filters, /*retained=*/true);
+      if (!out) continue;
+      out->message = std::make_shared<const v1::Message>(std::move(m));
+      out->retain = true;  // §3.3.1.3: sent because of a new subscription
+      Enqueue(std::move(*out), /*enforce_quota=*/false);
     }
   }
 
-  // Sends the SUBACK prepared for a SUBSCRIBE once its filters are applied.
-  void SendPrepared(mqtt::Suback suback) {
+  void CatchupPage(uint32_t partition, absl::StatusOr<v1::FetchResult> r) {
+    fetch_in_flight_ = false;
     if (closing_) return;
-    Send(std::move(suback));
+    auto it = catchup_.find(partition);
+    if (it == catchup_.end()) return PumpCatchup();
+    Catchup& c = it->second;
+    if (!r.ok()) {
+      if (absl::IsOutOfRange(r.status()) || absl::IsInvalidArgument(r.status())) {
+        spdlog::warn("mqtt {} ({}): partition {} cannot resume from its cursor ({}); live only",
+                     peer_, client_id_, partition, r.status());
+        FinishCatchup(partition, c.max_dropped);
+        return PumpCatchup();
+      }
+      // Retry later (no leader right now).
+      retry_timer_ = std::make_unique<net::Timer>(conn_->loop(), [this] { PumpCatchup(); });
+      retry_timer_->Start(std::chrono::milliseconds(500));
+      return;
+    }
+    for (auto& m : *r->mutable_messages()) {
+      if (resent_.count({partition, m.offset()})) continue;
+      std::optional<OutMessage> out = MatchOwn(m, nullptr, false);
+      if (!out) continue;
+      m.set_partition(partition);
+      out->message = std::make_shared<const v1::Message>(std::move(m));
+      out->from_log = true;
+      Enqueue(std::move(*out), /*enforce_quota=*/false);
+    }
+    c.pos.set_epoch(r->epoch());
+    c.pos.set_offset(std::max(c.pos.offset(), r->evaluated_through()));
+    if (r->evaluated_through() >= r->last_offset() && c.max_dropped <= c.pos.offset()) {
+      FinishCatchup(partition, c.pos.offset());
+    }
+    PumpCatchup();
+  }
+
+  void ResendFound(uint16_t packet_id, uint8_t qos, uint64_t offset,
+                   absl::StatusOr<v1::FetchResult> r) {
+    fetch_in_flight_ = false;
+    if (closing_) return;
+    resend_.pop_front();
+    if (r.ok()) {
+      for (auto& m : *r->mutable_messages()) {
+        if (m.offset() != offset) continue;
+        OutMessage out;
+        out.qos = static_cast<QoS>(qos);
+        out.message = std::make_shared<const v1::Message>(std::move(m));
+        out.from_log = true;
+        unacked_[out.message->partition()].insert(offset);
+        SendOut(std::move(out), packet_id, /*dup=*/true);
+        break;
+      }
+    }
+    if (!inflight_.count(packet_id)) reserved_ids_.erase(packet_id);
+    PumpCatchup();
+  }
+
+  // A live position snapshot taken before this ran: every delivery at or before it was
+  // processed.
+  void LiveSnapshot(std::map<uint32_t, v1::PartitionPosition> snapshot) {
+    if (closing_) return;
+    for (auto& [p, pos] : snapshot) {
+      if (catchup_.count(p)) continue;
+      auto it = safe_.find(p);
+      if (it == safe_.end() || pos.epoch() > it->second.epoch() ||
+          (pos.epoch() == it->second.epoch() && pos.offset() > it->second.offset())) {
+        safe_[p] = pos;
+      }
+    }
+    CommitCursor();
+  }
+
+  void UpdateDone(const absl::Status& s) {
+    if (closing_) return;
+    if (absl::IsFailedPrecondition(s) || absl::IsNotFound(s)) Fenced();
+  }
+
+  void Redeliver(OutMessage out) {
+    std::string key = out.shared_key;
+    hub_->RedeliverShared(key, std::move(out), id_);
   }
 
  private:
   struct InboundAck {
     uint16_t packet_id;
+    QoS qos;
     bool done = false;
     absl::Status status{};
+    ReasonCode refused = ReasonCode::kSuccess;  // set: answer with it, nothing published
+  };
+  struct SubState {
+    mqtt::Subscription options;  // topic_filter as sent (with any $share prefix)
+    std::string filter;          // without the $share prefix
+    std::string shared_key;      // non-empty for a shared subscription
+    uint32_t subscription_id = 0;
+  };
+  enum class OutState { kAwaitAck, kAwaitRec, kAwaitComp };
+  struct Inflight {
+    OutMessage out;
+    OutState state;
+  };
+  struct Catchup {
+    v1::PartitionPosition pos;
+    uint64_t max_dropped = 0;
   };
 
   bool Send(const mqtt::Packet& packet) {
     std::string out;
     absl::Status s = mqtt::Encode(packet, version_, &out);
     if (!s.ok()) {
-      spdlog::error("mqtt {}: cannot encode {}: {}", conn_->peer().ToString(),
+      spdlog::error("mqtt {}: cannot encode {}: {}", peer_,
                     mqtt::PacketTypeName(mqtt::TypeOf(packet)), s);
       return false;
     }
-    return conn_->Send(std::move(out));
+    return transport_->Send(std::move(out));
+  }
+
+  void CloseNow() {
+    closing_ = true;
+    transport_->Close();
   }
 
   // 5.0: DISCONNECT with `code`, then close; 3.1.1: close.
   void CloseWith(ReasonCode code) {
     if (closing_) return;
-    closing_ = true;
     if (connected_ && version_ == Version::kV5 &&
         mqtt::ReasonCodeAllowedIn(code, mqtt::PacketType::kDisconnect)) {
       Send(mqtt::Disconnect{.reason_code = code});
     }
-    conn_->Close();
+    CloseNow();
+  }
+
+  void Fenced() {
+    spdlog::info("mqtt {} ({}): session taken over through another edge", peer_, client_id_);
+    taken_over_ = true;
+    CloseWith(ReasonCode::kSessionTakenOver);
+  }
+
+  void RefuseConnect(ReasonCode code) {
+    mqtt::Connack ack{.reason_code = code};
+    if (version_ == Version::kV311) {
+      auto rc = mqtt::ConnackReturnCodeV311(code);
+      if (!rc) ack.reason_code = ReasonCode::kServerUnavailable;
+    }
+    Send(ack);
+    connecting_ = false;
+    CloseNow();
   }
 
   void OnDecodeError(const mqtt::Error& e) {
-    spdlog::debug("mqtt {}: {} ({})", conn_->peer().ToString(), e.message,
-                  mqtt::ReasonCodeName(e.reason_code));
+    spdlog::debug("mqtt {}: {} ({})", peer_, e.message, mqtt::ReasonCodeName(e.reason_code));
     if (!connected_ && e.packet_type == mqtt::PacketType::kConnect) {
       // §3.2.2.2 / 3.1.1 §3.2.2.3: answer a bad CONNECT with a CONNACK when one can say why.
       std::optional<Version> v = decoder_.version();
@@ -263,8 +565,7 @@ class MqttSession final : public net::ConnectionHandler {
           Send(mqtt::Connack{.reason_code = e.reason_code});
         }
       }
-      closing_ = true;
-      conn_->Close();
+      CloseNow();
       return;
     }
     CloseWith(e.reason_code);
@@ -272,114 +573,169 @@ class MqttSession final : public net::ConnectionHandler {
 
   void Handle(mqtt::Packet& packet) {
     if (!connected_ && !std::holds_alternative<mqtt::Connect>(packet)) {
-      // The decoder enforces CONNECT first; defensive.
-      closing_ = true;
-      conn_->Close();
+      CloseNow();  // the decoder enforces CONNECT first; defensive
       return;
     }
     std::visit([this](auto& p) { On(p); }, packet);
   }
 
+  // ------------------------------------------------------------------------------------------
+  // CONNECT
+
   void On(mqtt::Connect& c) {
-    if (connected_) {  // §3.1.0-2: a second CONNECT is a Protocol Error
+    if (connected_ || connecting_) {  // §3.1.0-2: a second CONNECT is a Protocol Error
       CloseWith(ReasonCode::kProtocolError);
       return;
     }
+    connect_timer_.reset();
     version_ = decoder_.version().value_or(Version::kV311);
-    mqtt::Connack ack;
-    if (version_ == Version::kV5 && c.will && c.will->qos == QoS::kExactlyOnce) {
-      // §3.2.2.3.4: a Will QoS above Maximum QoS is refused with 0x9B.
-      Send(mqtt::Connack{.reason_code = ReasonCode::kQoSNotSupported});
-      closing_ = true;
-      conn_->Close();
-      return;
-    }
     if (version_ == Version::kV5 && c.properties.authentication_method) {
-      Send(mqtt::Connack{.reason_code = ReasonCode::kBadAuthenticationMethod});
-      closing_ = true;
-      conn_->Close();
+      // Enhanced authentication (§4.12) is not offered.
+      RefuseConnect(ReasonCode::kBadAuthenticationMethod);
       return;
     }
     client_id_ = c.client_id;
     if (client_id_.empty()) {
       // 5.0 §3.1.3.1: assign one and say so; 3.1.1: the decoder refused empty + Clean Session 0.
       client_id_ = RandomClientId();
-      if (version_ == Version::kV5) ack.properties.assigned_client_identifier = client_id_;
+      assigned_id_ = version_ == Version::kV5;
+    }
+    username_ = c.username;
+    connecting_ = true;
+    pending_connect_ = std::move(c);
+    const MqttServerOptions& o = hub_->options;
+    if (!o.authenticate) {
+      ContinueConnect(true);
+      return;
+    }
+    if (!username_) {
+      if (o.allow_anonymous) {
+        ContinueConnect(true);
+      } else {
+        RefuseConnect(ReasonCode::kNotAuthorized);
+      }
+      return;
+    }
+    auto st = loop_state_;
+    uint64_t sid = id_;
+    std::string user = *username_;
+    std::string password = pending_connect_->password.value_or("");
+    std::shared_ptr<Hub> hub = hub_;
+    hub_->RunAuth([hub, st, sid, user = std::move(user), password = std::move(password)] {
+      bool ok = hub->options.authenticate(user, password);
+      RunOnSession(st, sid, [ok](MqttSession& s) { s.ContinueConnect(ok); });
+    });
+  }
+
+  void FinishConnect(bool session_present, const v1::Session* session) {
+    mqtt::Connect& c = *pending_connect_;
+    const MqttServerOptions& o = hub_->options;
+    mqtt::Connack ack;
+    ack.session_present = session_present;
+    uint16_t keep_alive = c.keep_alive;
+    if (o.max_keep_alive_s != 0 && (keep_alive == 0 || keep_alive > o.max_keep_alive_s)) {
+      keep_alive = o.max_keep_alive_s;
+      if (version_ == Version::kV5) ack.properties.server_keep_alive = keep_alive;
     }
     if (version_ == Version::kV5) {
+      if (assigned_id_) ack.properties.assigned_client_identifier = client_id_;
       if (c.properties.receive_maximum) window_ = *c.properties.receive_maximum;
       if (c.properties.maximum_packet_size) client_max_packet_ = *c.properties.maximum_packet_size;
-      ack.properties.maximum_qos = 1;
-      ack.properties.retain_available = false;
-      ack.properties.shared_subscription_available = false;
-      ack.properties.subscription_identifiers_available = false;
-      ack.properties.maximum_packet_size = hub_->options.maximum_packet_size;
-      // No persistent sessions yet: the session ends with the connection (§3.2.2.3.2).
-      if (c.properties.session_expiry_interval.value_or(0) != 0) {
-        ack.properties.session_expiry_interval = 0;
-      }
+      client_alias_max_ = c.properties.topic_alias_maximum.value_or(0);
+      ack.properties.maximum_packet_size = o.maximum_packet_size;
+      ack.properties.topic_alias_maximum = o.topic_alias_maximum;
+      if (expiry_capped_) ack.properties.session_expiry_interval = expiry_s_;
     } else {
-      window_ = hub_->options.default_inflight;
+      window_ = o.default_inflight;
     }
-    if (window_ == 0) window_ = hub_->options.default_inflight;
+    if (window_ == 0) window_ = o.default_inflight;
+    connecting_ = false;
     connected_ = true;
-    connect_timer_.reset();
-    if (c.keep_alive > 0) {
-      keep_alive_timeout_ = std::chrono::milliseconds(c.keep_alive * 1500);
+    hub_->connected.fetch_add(1);
+    if (keep_alive > 0) {
+      keep_alive_timeout_ = std::chrono::milliseconds(keep_alive * 1500);
       keep_alive_timer_ = std::make_unique<net::Timer>(conn_->loop(), [this] {
-        spdlog::debug("mqtt {} ({}): keep-alive timeout", conn_->peer().ToString(), client_id_);
+        spdlog::debug("mqtt {} ({}): keep-alive timeout", peer_, client_id_);
         CloseWith(ReasonCode::kKeepAliveTimeout);
       });
       keep_alive_timer_->Start(keep_alive_timeout_);
     }
-    // Take over an existing connection with the same client id.
-    std::optional<Hub::Owner> previous;
-    {
-      std::lock_guard<std::mutex> l(hub_->mu);
-      auto [it, inserted] = hub_->clients.try_emplace(client_id_, Hub::Owner{});
-      if (!inserted) previous = it->second;
-      it->second = Hub::Owner{loop_state_.get(), id_};
-    }
-    registered_ = true;
-    if (previous) {
-      std::shared_ptr<LoopState> st = hub_->StateOf(previous->loop_state);
-      uint64_t sid = previous->session_id;
-      if (st) {
-        st->loop->Post([st, sid] {
-          auto it = st->sessions.find(sid);
-          if (it != st->sessions.end()) it->second->TakenOver();
-        });
-      }
-    }
+    has_will_ = c.will.has_value();
+    pending_connect_.reset();
     Send(ack);
+    if (persistent_) {
+      commit_timer_ = std::make_unique<net::Timer>(conn_->loop(), [this] { StartCommit(); });
+      commit_timer_->Start(o.cursor_commit_interval, o.cursor_commit_interval);
+    }
+    if (session != nullptr && session_present) Resume(*session);
+    std::deque<mqtt::Packet> deferred = std::move(deferred_);
+    for (auto& p : deferred) {
+      if (closing_) return;
+      Handle(p);
+    }
+    if (deferred_error_ && !closing_) OnDecodeError(*deferred_error_);
   }
 
-  void On(mqtt::Publish& p) {
-    if (p.qos == QoS::kExactlyOnce) {
-      // Maximum QoS is 1 (5.0: announced in CONNACK, so this is 0x9B); 3.1.1 has no way to
-      // refuse or downgrade an inbound QoS 2 message, so the connection is closed.
-      CloseWith(ReasonCode::kQoSNotSupported);
-      return;
+  // Picks a stored session up: subscriptions, in-flight exchanges, and the messages it missed.
+  void Resume(const v1::Session& s) {
+    for (const auto& sub : s.subscriptions()) {
+      SubState state;
+      state.options.topic_filter = sub.filter();
+      state.options.max_qos = static_cast<QoS>(sub.max_qos());
+      state.options.no_local = sub.no_local();
+      state.options.retain_as_published = sub.retain_as_published();
+      state.options.retain_handling = static_cast<mqtt::RetainHandling>(sub.retain_handling());
+      state.subscription_id = sub.subscription_identifier();
+      if (!SplitFilter(sub.filter(), &state)) continue;
+      Index(state, /*insert=*/true);
+      ++pending_filters_;
+      std::string filter = state.filter;
+      subscriptions_[sub.filter()] = std::move(state);
+      AddCoreFilter(filter, [this] {
+        if (--pending_filters_ == 0) {
+          catchup_ready_ = true;
+          PumpCatchup();
+        }
+      });
     }
-    if (version_ == Version::kV5) {
-      if (p.properties.topic_alias) {  // Topic Alias Maximum is 0 (§3.3.2.3.4)
-        CloseWith(ReasonCode::kTopicAliasInvalid);
-        return;
+    for (const auto& f : s.inflight()) {
+      uint16_t id = static_cast<uint16_t>(f.packet_id());
+      stored_inflight_.push_back({f.direction(), f.packet_id()});
+      if (f.direction() == v1::INFLIGHT_DIRECTION_INBOUND) {
+        if (f.state() == v1::INFLIGHT_STATE_AWAITING_REL) awaiting_rel_.insert(id);
+        continue;
       }
-      if (p.retain) {  // Retain Available is 0 (§3.3.1.3)
-        CloseWith(ReasonCode::kRetainNotSupported);
-        return;
+      if (f.state() == v1::INFLIGHT_STATE_AWAITING_COMP) {
+        OutMessage done;
+        done.qos = QoS::kExactlyOnce;
+        inflight_[id] = Inflight{std::move(done), OutState::kAwaitComp};
+        Send(mqtt::Pubrel{.packet_id = id});
+      } else if (f.state() == v1::INFLIGHT_STATE_AWAITING_ACK) {
+        reserved_ids_.insert(id);
+        resend_.push_back(f);
+        resent_.insert({f.partition(), f.offset()});
       }
     }
-    if (p.topic.empty()) {
-      CloseWith(ReasonCode::kProtocolError);
-      return;
+    for (const auto& pos : s.cursor().positions()) {
+      catchup_[pos.partition()] = Catchup{pos, 0};
+      catchup_order_.push_back(pos.partition());
     }
+    if (pending_filters_ == 0) {
+      catchup_ready_ = true;
+      PumpCatchup();
+    }
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Inbound PUBLISH
+
+  static v1::Message ToMessage(std::string topic, std::string payload, QoS qos, bool retain,
+                               const mqtt::Properties& pr) {
     v1::Message m;
-    m.set_topic(std::move(p.topic));
-    m.set_payload(std::move(p.payload));
-    m.set_qos(static_cast<v1::QoS>(p.qos));
-    const mqtt::Properties& pr = p.properties;
+    m.set_topic(std::move(topic));
+    m.set_payload(std::move(payload));
+    m.set_qos(static_cast<v1::QoS>(qos));
+    m.set_retain(retain);
     if (pr.message_expiry_interval) m.set_expiry_interval_s(*pr.message_expiry_interval);
     if (pr.content_type) m.set_content_type(*pr.content_type);
     if (pr.payload_format_indicator.value_or(0) == 1) m.set_payload_format(v1::PAYLOAD_FORMAT_UTF8);
@@ -390,144 +746,519 @@ class MqttSession final : public net::ConnectionHandler {
       u->set_key(up.name);
       u->set_value(up.value);
     }
+    return m;
+  }
+
+  void On(mqtt::Publish& p) {
+    if (version_ == Version::kV5 && p.properties.topic_alias) {
+      // §3.3.2.3.4: an alias is set by a PUBLISH with a topic, used by one without.
+      uint16_t alias = *p.properties.topic_alias;
+      if (alias == 0 || alias > hub_->options.topic_alias_maximum) {
+        CloseWith(ReasonCode::kTopicAliasInvalid);
+        return;
+      }
+      if (!p.topic.empty()) {
+        inbound_aliases_[alias] = p.topic;
+      } else {
+        auto it = inbound_aliases_.find(alias);
+        if (it == inbound_aliases_.end()) {
+          CloseWith(ReasonCode::kProtocolError);
+          return;
+        }
+        p.topic = it->second;
+      }
+    }
+    if (p.topic.empty()) {
+      CloseWith(ReasonCode::kProtocolError);
+      return;
+    }
+    hub_->messages_received.fetch_add(1, std::memory_order_relaxed);
+    if (p.qos == QoS::kExactlyOnce) {
+      if (awaiting_rel_.count(p.packet_id)) {
+        // §4.3.3: a resent PUBLISH of a message already received is acknowledged again only.
+        inbound_acks_.push_back(InboundAck{.packet_id = p.packet_id, .qos = p.qos, .done = true});
+        FlushInboundAcks();
+        return;
+      }
+      if (inbound_publishing_.count(p.packet_id)) return;  // PUBREC follows once committed
+    }
+    const MqttServerOptions& o = hub_->options;
+    if (o.may_publish && !o.may_publish(client_id_, username_, p.topic)) {
+      spdlog::debug("mqtt {} ({}): publish to {} denied", peer_, client_id_, p.topic);
+      if (p.qos == QoS::kAtMostOnce) return;  // dropped
+      inbound_acks_.push_back(InboundAck{.packet_id = p.packet_id,
+                                         .qos = p.qos,
+                                         .done = true,
+                                         .refused = ReasonCode::kNotAuthorized});
+      FlushInboundAcks();
+      return;
+    }
+    v1::Message m = ToMessage(std::move(p.topic), std::move(p.payload), p.qos, p.retain,
+                              p.properties);
+    m.set_publisher_client_id(client_id_);
     std::vector<v1::Message> batch;
     batch.push_back(std::move(m));
     if (p.qos == QoS::kAtMostOnce) {
-      hub_->Publish(std::move(batch), [](const absl::Status& s) {
-        if (!s.ok()) spdlog::debug("mqtt: QoS 0 publish failed: {}", s);
+      hub_->WithCore([&](CoreApi* core) {
+        if (core == nullptr) return;
+        core->Publish(std::move(batch), [](const absl::Status& s) {
+          if (!s.ok()) spdlog::debug("mqtt: QoS 0 publish failed: {}", s);
+        });
       });
       return;
     }
     uint64_t seq = inbound_base_ + inbound_acks_.size();
-    inbound_acks_.push_back(InboundAck{.packet_id = p.packet_id});
+    inbound_acks_.push_back(InboundAck{.packet_id = p.packet_id, .qos = p.qos});
+    if (p.qos == QoS::kExactlyOnce) inbound_publishing_.insert(p.packet_id);
     std::shared_ptr<LoopState> st = loop_state_;
     uint64_t sid = id_;
-    hub_->Publish(std::move(batch), [st, sid, seq](const absl::Status& s) {
-      st->loop->Post([st, sid, seq, s] {
-        auto it = st->sessions.find(sid);
-        if (it != st->sessions.end()) it->second->InboundPublishDone(seq, s);
+    bool sent = false;
+    hub_->WithCore([&](CoreApi* core) {
+      if (core == nullptr) return;
+      sent = true;
+      core->Publish(std::move(batch), [st, sid, seq](const absl::Status& s) {
+        RunOnSession(st, sid, [seq, s](MqttSession& x) { x.InboundPublishDone(seq, s); });
       });
     });
+    if (!sent) InboundPublishDone(seq, absl::UnavailableError("server stopping"));
   }
 
+  // §4.6: PUBACKs and PUBRECs go out in the order the PUBLISHes came.
+  void FlushInboundAcks() {
+    while (!inbound_acks_.empty() && inbound_acks_.front().done && !closing_) {
+      InboundAck a = std::move(inbound_acks_.front());
+      inbound_acks_.pop_front();
+      ++inbound_base_;
+      if (a.qos == QoS::kExactlyOnce) inbound_publishing_.erase(a.packet_id);
+      ReasonCode rc = a.refused;
+      if (!a.status.ok()) {
+        spdlog::warn("mqtt {} ({}): publish failed: {}", peer_, client_id_, a.status);
+        if (version_ == Version::kV311) {
+          // 3.1.1 has no negative acknowledgement: close, the client resends on its next
+          // connection.
+          CloseNow();
+          return;
+        }
+        rc = ReasonCode::kUnspecifiedError;
+      }
+      if (a.qos == QoS::kAtLeastOnce) {
+        Send(mqtt::Puback{.packet_id = a.packet_id,
+                          .reason_code = version_ == Version::kV5 ? rc : ReasonCode::kSuccess});
+        continue;
+      }
+      // QoS 2: a refused message (5.0) ends the exchange with the PUBREC; otherwise the packet
+      // id waits for its PUBREL (3.1.1 has no way to refuse, so a denied message is dropped
+      // and the exchange completes normally).
+      if (rc == ReasonCode::kSuccess || version_ == Version::kV311) {
+        awaiting_rel_.insert(a.packet_id);
+        rc = ReasonCode::kSuccess;
+      }
+      Send(mqtt::Pubrec{.packet_id = a.packet_id, .reason_code = rc});
+    }
+  }
+
+  void On(mqtt::Pubrel& r) {
+    // §4.3.3: PUBCOMP whether or not the id is known; 5.0 says which.
+    bool known = awaiting_rel_.erase(r.packet_id) > 0;
+    Send(mqtt::Pubcomp{.packet_id = r.packet_id,
+                       .reason_code = known || version_ == Version::kV311
+                                          ? ReasonCode::kSuccess
+                                          : ReasonCode::kPacketIdentifierNotFound});
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Outbound acknowledgements
+
   void On(mqtt::Puback& a) {
-    if (inflight_.erase(a.packet_id) == 0) return;  // unknown id: nothing to release
+    auto it = inflight_.find(a.packet_id);
+    if (it == inflight_.end() || it->second.state != OutState::kAwaitAck) return;
+    Release(it);
+  }
+
+  void On(mqtt::Pubrec& r) {
+    auto it = inflight_.find(r.packet_id);
+    if (it == inflight_.end() || it->second.state != OutState::kAwaitRec) {
+      Send(mqtt::Pubrel{.packet_id = r.packet_id,
+                        .reason_code = version_ == Version::kV5
+                                           ? ReasonCode::kPacketIdentifierNotFound
+                                           : ReasonCode::kSuccess});
+      return;
+    }
+    Acknowledged(it->second.out);
+    if (static_cast<uint8_t>(r.reason_code) >= 0x80) {  // §4.3.3: the exchange ends here
+      inflight_.erase(it);
+      DrainQueue();
+      return;
+    }
+    it->second.state = OutState::kAwaitComp;
+    it->second.out.message.reset();
+    Send(mqtt::Pubrel{.packet_id = r.packet_id});
+  }
+
+  void On(mqtt::Pubcomp& c) {
+    auto it = inflight_.find(c.packet_id);
+    if (it == inflight_.end() || it->second.state != OutState::kAwaitComp) return;
+    inflight_.erase(it);
     DrainQueue();
   }
 
-  void On(mqtt::Subscribe& s) {
-    if (version_ == Version::kV5 && !s.properties.subscription_identifiers.empty()) {
-      CloseWith(ReasonCode::kSubscriptionIdentifiersNotSupported);
-      return;
+  void Release(std::map<uint16_t, Inflight>::iterator it) {
+    Acknowledged(it->second.out);
+    inflight_.erase(it);
+    DrainQueue();
+  }
+
+  // The client has the message: it no longer holds the cursor back.
+  void Acknowledged(const OutMessage& out) {
+    if (!out.from_log || !out.message) return;
+    auto it = unacked_.find(out.message->partition());
+    if (it == unacked_.end()) return;
+    auto one = it->second.find(out.message->offset());
+    if (one != it->second.end()) it->second.erase(one);
+    if (it->second.empty()) unacked_.erase(it);
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // SUBSCRIBE / UNSUBSCRIBE
+
+  // Fills state.filter and state.shared_key from state.options.topic_filter.
+  static bool SplitFilter(const std::string& as_sent, SubState* state) {
+    if (!mqtt::IsSharedSubscription(as_sent)) {
+      state->filter = as_sent;
+      return !mqtt::ValidateTopicFilter(as_sent).has_value();
     }
-    mqtt::Suback ack{.packet_id = s.packet_id};
-    std::vector<std::string> added;
-    for (const auto& sub : s.subscriptions) {
-      if (mqtt::IsSharedSubscription(sub.topic_filter)) {
-        ack.reason_codes.push_back(ReasonCode::kSharedSubscriptionsNotSupported);
-        continue;
-      }
-      if (mqtt::ValidateTopicFilter(sub.topic_filter).has_value()) {
-        ack.reason_codes.push_back(ReasonCode::kTopicFilterInvalid);
-        continue;
-      }
-      uint8_t granted = std::min<uint8_t>(static_cast<uint8_t>(sub.max_qos), 1);
-      ack.reason_codes.push_back(granted == 1 ? ReasonCode::kGrantedQoS1 : ReasonCode::kSuccess);
-      auto it = subscriptions_.find(sub.topic_filter);
-      std::lock_guard<std::mutex> l(hub_->mu);
-      if (it != subscriptions_.end()) {
-        // §3.8.4: a subscription to an existing filter replaces it.
-        hub_->trie.Remove(sub.topic_filter, SubRef{loop_state_.get(), id_, it->second});
-        it->second = granted;
+    mqtt::SharedSubscription shared;
+    if (mqtt::ParseSharedSubscription(as_sent, &shared).has_value()) return false;
+    state->filter = std::string(shared.topic_filter);
+    state->shared_key = as_sent;
+    return true;
+  }
+
+  SubRef RefOf(const SubState& s) const {
+    return SubRef{loop_state_.get(),
+                  id_,
+                  &client_id_,
+                  Qos(s.options.max_qos),
+                  s.options.no_local,
+                  s.options.retain_as_published,
+                  s.subscription_id};
+  }
+
+  // Adds (or removes) a subscription to (from) the edge's index.
+  void Index(const SubState& s, bool insert) {
+    std::lock_guard<std::mutex> l(hub_->mu);
+    if (s.shared_key.empty()) {
+      if (insert) {
+        hub_->trie.Insert(s.filter, RefOf(s));
       } else {
-        subscriptions_[sub.topic_filter] = granted;
-        added.push_back(sub.topic_filter);
+        hub_->trie.Remove(s.filter, RefOf(s));
       }
-      hub_->trie.Insert(sub.topic_filter, SubRef{loop_state_.get(), id_, granted});
-    }
-    if (added.empty()) {
-      Send(ack);
       return;
     }
-    // SUBACK once the core delivers for every new filter, so a client that publishes after
-    // its SUBACK gets its own messages.
+    auto it = hub_->shared_groups.find(s.shared_key);
+    if (insert) {
+      if (it == hub_->shared_groups.end()) {
+        auto g = std::make_unique<SharedGroup>();
+        g->key = s.shared_key;
+        hub_->shared_trie.Insert(s.filter, g.get());
+        it = hub_->shared_groups.emplace(s.shared_key, std::move(g)).first;
+      }
+      it->second->members.push_back(RefOf(s));
+      return;
+    }
+    if (it == hub_->shared_groups.end()) return;
+    auto& members = it->second->members;
+    members.erase(std::remove(members.begin(), members.end(), RefOf(s)), members.end());
+    if (members.empty()) {
+      hub_->shared_trie.Remove(s.filter, it->second.get());
+      hub_->shared_groups.erase(it);
+    }
+  }
+
+  void AddCoreFilter(const std::string& filter, absl::AnyInvocable<void()> on_applied) {
+    auto st = loop_state_;
+    uint64_t sid = id_;
+    auto shared_cb = std::make_shared<absl::AnyInvocable<void()>>(std::move(on_applied));
+    bool added = false;
+    hub_->WithCore([&](CoreApi* core) {
+      if (core == nullptr) return;
+      added = true;
+      core->AddFilter(filter, [st, sid, shared_cb] {
+        RunOnSession(st, sid, [shared_cb](MqttSession&) { (*shared_cb)(); });
+      });
+    });
+    if (!added) (*shared_cb)();
+  }
+
+  void RemoveCoreFilter(const std::string& filter) {
+    hub_->WithCore([&](CoreApi* core) {
+      if (core != nullptr) core->RemoveFilter(filter);
+    });
+  }
+
+  void On(mqtt::Subscribe& s) {
+    uint32_t sub_id = s.properties.subscription_identifiers.empty()
+                          ? 0
+                          : s.properties.subscription_identifiers.front();
+    mqtt::Suback ack{.packet_id = s.packet_id};
+    std::vector<std::string> to_apply;
+    std::vector<std::string> retained;
+    v1::SessionUpdate update;
+    for (const auto& sub : s.subscriptions) {
+      SubState state;
+      state.options = sub;
+      state.subscription_id = sub_id;
+      if (!SplitFilter(sub.topic_filter, &state)) {
+        ack.reason_codes.push_back(version_ == Version::kV5 ? ReasonCode::kTopicFilterInvalid
+                                                            : ReasonCode::kUnspecifiedError);
+        continue;
+      }
+      if (!state.shared_key.empty() && sub.no_local) {
+        CloseWith(ReasonCode::kProtocolError);  // §3.8.3.1
+        return;
+      }
+      const MqttServerOptions& o = hub_->options;
+      if (o.may_subscribe && !o.may_subscribe(client_id_, username_, state.filter)) {
+        spdlog::debug("mqtt {} ({}): subscription to {} denied", peer_, client_id_,
+                      sub.topic_filter);
+        ack.reason_codes.push_back(version_ == Version::kV5 ? ReasonCode::kNotAuthorized
+                                                            : ReasonCode::kUnspecifiedError);
+        continue;
+      }
+      ack.reason_codes.push_back(static_cast<ReasonCode>(Qos(sub.max_qos)));
+      auto it = subscriptions_.find(sub.topic_filter);
+      bool existed = it != subscriptions_.end();
+      if (existed) {
+        Index(it->second, /*insert=*/false);  // §3.8.4: replaced
+      } else {
+        to_apply.push_back(state.filter);
+        hub_->subscriptions.fetch_add(1, std::memory_order_relaxed);
+      }
+      Index(state, /*insert=*/true);
+      if (state.shared_key.empty() &&
+          (sub.retain_handling == mqtt::RetainHandling::kSendOnSubscribe ||
+           (sub.retain_handling == mqtt::RetainHandling::kSendOnNewSubscribe && !existed))) {
+        retained.push_back(sub.topic_filter);
+      }
+      if (persistent_) {
+        v1::SessionSubscription* ps = update.add_put_subscriptions();
+        ps->set_filter(sub.topic_filter);
+        ps->set_max_qos(static_cast<v1::QoS>(sub.max_qos));
+        ps->set_no_local(sub.no_local);
+        ps->set_retain_as_published(sub.retain_as_published);
+        ps->set_retain_handling(static_cast<v1::RetainHandling>(sub.retain_handling));
+        ps->set_subscription_identifier(sub_id);
+      }
+      subscriptions_[sub.topic_filter] = std::move(state);
+    }
+    // The SUBACK leaves once the core delivers for every new filter (so a client that
+    // publishes after its SUBACK gets its own messages) and a persistent session stored them.
     struct Waiting {
-      std::atomic<size_t> remaining;
+      size_t remaining = 1;
       mqtt::Suback ack;
+      std::vector<std::string> retained;
+      absl::Status stored;
     };
     auto w = std::make_shared<Waiting>();
-    w->remaining = added.size();
     w->ack = std::move(ack);
-    std::shared_ptr<LoopState> st = loop_state_;
-    uint64_t sid = id_;
-    for (const auto& f : added) {
-      hub_->AddFilter(f, [w, st, sid] {
-        if (w->remaining.fetch_sub(1) != 1) return;
-        st->loop->Post([w, st, sid] {
-          auto it = st->sessions.find(sid);
-          if (it != st->sessions.end()) it->second->SendPrepared(std::move(w->ack));
+    w->retained = std::move(retained);
+    auto done_one = [w](MqttSession& self) {
+      if (--w->remaining == 0) {
+        self.SubscribeReady(std::move(w->ack), std::move(w->retained), w->stored);
+      }
+    };
+    w->remaining += to_apply.size();
+    for (const auto& f : to_apply) {
+      AddCoreFilter(f, [this, done_one] { done_one(*this); });
+    }
+    if (persistent_ && update.put_subscriptions_size() > 0) {
+      ++w->remaining;
+      update.set_client_id(client_id_);
+      update.set_owner_epoch(epoch_);
+      auto st = loop_state_;
+      uint64_t sid = id_;
+      hub_->WithCore([&](CoreApi* core) {
+        if (core == nullptr) {
+          w->stored = absl::UnavailableError("stopping");
+          return done_one(*this);
+        }
+        core->UpdateSession(std::move(update), [st, sid, w, done_one](const absl::Status& s) {
+          RunOnSession(st, sid, [w, done_one, s](MqttSession& self) {
+            w->stored = s;
+            done_one(self);
+          });
         });
       });
     }
+    done_one(*this);
   }
 
   void On(mqtt::Unsubscribe& u) {
     mqtt::Unsuback ack{.packet_id = u.packet_id};
+    v1::SessionUpdate update;
     for (const auto& f : u.topic_filters) {
       auto it = subscriptions_.find(f);
       if (it == subscriptions_.end()) {
         ack.reason_codes.push_back(ReasonCode::kNoSubscriptionExisted);
         continue;
       }
-      {
-        std::lock_guard<std::mutex> l(hub_->mu);
-        hub_->trie.Remove(f, SubRef{loop_state_.get(), id_, it->second});
-      }
+      Index(it->second, /*insert=*/false);
+      RemoveCoreFilter(it->second.filter);
       subscriptions_.erase(it);
-      hub_->RemoveFilter(f);
+      hub_->subscriptions.fetch_sub(1, std::memory_order_relaxed);
+      if (persistent_) update.add_remove_subscriptions(f);
       ack.reason_codes.push_back(ReasonCode::kSuccess);
     }
+    if (update.remove_subscriptions_size() > 0) SendUpdate(std::move(update));
     Send(ack);
+  }
+
+  void SendUpdate(v1::SessionUpdate update) {
+    update.set_client_id(client_id_);
+    update.set_owner_epoch(epoch_);
+    auto st = loop_state_;
+    uint64_t sid = id_;
+    hub_->WithCore([&](CoreApi* core) {
+      if (core == nullptr) return;
+      core->UpdateSession(std::move(update), [st, sid](const absl::Status& s) {
+        RunOnSession(st, sid, [s](MqttSession& self) { self.UpdateDone(s); });
+      });
+    });
+  }
+
+  // Retained messages for new subscriptions (and the edge's $SYS topics).
+  void SendRetained(std::vector<std::string> filters) {
+    std::vector<std::string> inner;
+    std::vector<v1::Message> sys;
+    {
+      std::lock_guard<std::mutex> l(hub_->mu);
+      for (const auto& f : filters) {
+        for (const auto& [topic, payload] : hub_->sys_values) {
+          if (!mqtt::TopicMatches(f, topic)) continue;
+          v1::Message m;
+          m.set_topic(topic);
+          m.set_payload(payload);
+          m.set_retain(true);
+          sys.push_back(std::move(m));
+        }
+      }
+    }
+    for (const auto& f : filters) inner.push_back(f);
+    if (!sys.empty()) RetainedFound(filters, std::move(sys));
+    auto st = loop_state_;
+    uint64_t sid = id_;
+    hub_->WithCore([&](CoreApi* core) {
+      if (core == nullptr) return;
+      core->GetRetained(
+          inner, 10000,
+          [st, sid, filters](absl::StatusOr<std::vector<v1::Message>> r) mutable {
+            if (!r.ok()) {
+              spdlog::warn("mqtt: retained lookup failed: {}", r.status());
+              return;
+            }
+            RunOnSession(st, sid,
+                         [filters = std::move(filters), m = std::move(*r)](MqttSession& s) mutable {
+                           s.RetainedFound(std::move(filters), std::move(m));
+                         });
+          });
+    });
+  }
+
+  // What this session's subscriptions make of a message it reads itself (catch-up, retained):
+  // nullopt when none matches. `only`: consider only these filters (as sent).
+  std::optional<OutMessage> MatchOwn(const v1::Message& m, const std::vector<std::string>* only,
+                                     bool retained) {
+    std::optional<OutMessage> out;
+    uint8_t qos = 0;
+    for (const auto& [as_sent, s] : subscriptions_) {
+      if (!s.shared_key.empty()) continue;
+      if (only && std::find(only->begin(), only->end(), as_sent) == only->end()) continue;
+      if (!mqtt::TopicMatches(s.filter, m.topic())) continue;
+      if (s.options.no_local && m.publisher_client_id() == client_id_) continue;
+      if (!out) out.emplace();
+      qos = std::max(qos, Qos(s.options.max_qos));
+      if (s.subscription_id != 0) out->subscription_ids.push_back(s.subscription_id);
+      if (!retained && s.options.retain_as_published && m.retain()) out->retain = true;
+    }
+    if (out) out->qos = static_cast<QoS>(std::min<uint8_t>(qos, static_cast<uint8_t>(m.qos())));
+    return out;
   }
 
   void On(mqtt::Pingreq&) { Send(mqtt::Pingresp{}); }
 
-  void On(mqtt::Disconnect&) {
-    // Normal disconnection (a will would be discarded; wills are not supported yet).
-    closing_ = true;
-    conn_->Close();
+  void On(mqtt::Disconnect& d) {
+    if (version_ == Version::kV5 && d.properties.session_expiry_interval) {
+      // §3.14.2.2.2: a session that expires at disconnection cannot be given a new expiry.
+      if (expiry_s_ == 0 && *d.properties.session_expiry_interval != 0) {
+        CloseWith(ReasonCode::kProtocolError);
+        return;
+      }
+      disconnect_expiry_ =
+          std::min(*d.properties.session_expiry_interval, hub_->options.max_session_expiry_s);
+    }
+    // §3.14.4: a normal DISCONNECT discards the will; 0x04 asks for it.
+    clean_disconnect_ = d.reason_code != ReasonCode::kDisconnectWithWillMessage;
+    CloseNow();
   }
 
   void On(mqtt::Auth&) { CloseWith(ReasonCode::kProtocolError); }
 
-  // PUBREC/PUBREL/PUBCOMP: no QoS 2 exchange exists on this connection in either direction.
+  // Server-to-client packets sent by a client.
   template <typename T>
   void On(T&) {
     CloseWith(ReasonCode::kProtocolError);
   }
 
+  // ------------------------------------------------------------------------------------------
+  // Outbound messages
+
   uint16_t NextPacketId() {
     for (;;) {
       uint16_t id = next_packet_id_++;
       if (next_packet_id_ == 0) next_packet_id_ = 1;
-      if (!inflight_.contains(id)) return id;
+      if (!inflight_.contains(id) && !reserved_ids_.contains(id)) return id;
     }
   }
 
-  // Sends one message now (the window has room when qos is 1).
-  void SendMessage(QoS qos, const v1::Message& m) {
+  void Enqueue(OutMessage out, bool enforce_quota) {
+    const MqttServerOptions& o = hub_->options;
+    if (o.may_receive && !o.may_receive(client_id_, username_, out.message->topic())) return;
+    if (out.from_log) unacked_[out.message->partition()].insert(out.message->offset());
+    if (queue_.empty() && (out.qos == QoS::kAtMostOnce || inflight_.size() < window_)) {
+      SendOut(std::move(out), 0, false);
+      return;
+    }
+    if (enforce_quota && queue_.size() >= hub_->options.max_queued_messages) {
+      spdlog::info("mqtt {} ({}): slow client, {} messages queued; disconnecting", peer_,
+                   client_id_, queue_.size());
+      if (!out.shared_key.empty()) Redeliver(std::move(out));
+      CloseWith(ReasonCode::kQuotaExceeded);
+      return;
+    }
+    queue_.push_back(std::move(out));
+  }
+
+  // Sends one message now (the window has room when its QoS is above 0).
+  void SendOut(OutMessage out, uint16_t packet_id, bool dup) {
+    const v1::Message& m = *out.message;
     mqtt::Publish p;
-    p.qos = qos;
+    p.qos = out.qos;
+    p.retain = out.retain;
+    p.dup = dup;
     p.topic = m.topic();
     p.payload = m.payload();
     if (version_ == Version::kV5) {
       mqtt::Properties& pr = p.properties;
       if (m.has_expiry_interval_s()) {
         // §3.3.2.3.3: the interval left.
-        int64_t elapsed_s = (NowUnixMs() - m.publish_time_unix_ms()) / 1000;
+        int64_t elapsed_s =
+            m.publish_time_unix_ms() > 0 ? (NowUnixMs() - m.publish_time_unix_ms()) / 1000 : 0;
         int64_t left =
             static_cast<int64_t>(m.expiry_interval_s()) - std::max<int64_t>(elapsed_s, 0);
-        if (m.expiry_interval_s() > 0 && left <= 0) return;  // expired
+        if (m.expiry_interval_s() > 0 && left <= 0) {  // expired: not delivered
+          Acknowledged(out);
+          return;
+        }
         pr.message_expiry_interval = static_cast<uint32_t>(std::max<int64_t>(left, 0));
       }
       if (!m.content_type().empty()) pr.content_type = m.content_type();
@@ -537,25 +1268,294 @@ class MqttSession final : public net::ConnectionHandler {
       for (const auto& u : m.user_properties()) {
         pr.user_properties.push_back({u.key(), u.value()});
       }
+      pr.subscription_identifiers = out.subscription_ids;
+      if (client_alias_max_ > 0) {
+        // §3.3.2.3.4: the first message on a topic sets an alias, later ones use it alone.
+        auto it = outbound_aliases_.find(p.topic);
+        if (it != outbound_aliases_.end()) {
+          pr.topic_alias = it->second;
+          p.topic.clear();
+        } else if (outbound_aliases_.size() < client_alias_max_) {
+          uint16_t alias = static_cast<uint16_t>(outbound_aliases_.size() + 1);
+          outbound_aliases_[p.topic] = alias;
+          pr.topic_alias = alias;
+        }
+      }
     }
-    if (qos != QoS::kAtMostOnce) p.packet_id = 1;  // for the size check
+    if (out.qos != QoS::kAtMostOnce) p.packet_id = packet_id != 0 ? packet_id : 1;
     if (client_max_packet_ != 0 && mqtt::EncodedSize(p, version_) > client_max_packet_) {
-      return;  // §3.1.2.11.4: discarded as if sent
+      Acknowledged(out);  // §3.1.2.11.4: discarded as if sent
+      return;
     }
-    if (qos != QoS::kAtMostOnce) {
-      p.packet_id = NextPacketId();
-      inflight_.insert(p.packet_id);
+    if (out.qos != QoS::kAtMostOnce) {
+      if (packet_id == 0) p.packet_id = NextPacketId();
+      reserved_ids_.erase(p.packet_id);
+      OutState state =
+          out.qos == QoS::kAtLeastOnce ? OutState::kAwaitAck : OutState::kAwaitRec;
+      Send(p);
+      inflight_[p.packet_id] = Inflight{std::move(out), state};
+    } else {
+      Send(p);
+      Acknowledged(out);
     }
-    Send(p);
+    hub_->messages_sent.fetch_add(1, std::memory_order_relaxed);
   }
 
   void DrainQueue() {
     while (!queue_.empty() && !closing_) {
-      auto& [qos, msg] = queue_.front();
-      if (qos != QoS::kAtMostOnce && inflight_.size() >= window_) return;
-      SendMessage(qos, *msg);
+      OutMessage& front = queue_.front();
+      if (front.qos != QoS::kAtMostOnce && inflight_.size() >= window_) break;
+      OutMessage out = std::move(front);
       queue_.pop_front();
+      SendOut(std::move(out), 0, false);
     }
+    PumpCatchup();
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Catch-up of a resumed session: in-flight messages first, then each partition from its
+  // cursor, a page at a time as the client takes them. Live deliveries of a partition being
+  // caught up are dropped (it reads them itself) until the read reaches what live delivery has
+  // passed.
+
+  std::vector<std::string> OwnFilters() const {
+    std::vector<std::string> out;
+    for (const auto& [as_sent, s] : subscriptions_) {
+      if (s.shared_key.empty()) out.push_back(s.filter);
+    }
+    return out;
+  }
+
+  void FinishCatchup(uint32_t partition, uint64_t through) {
+    auto it = catchup_.find(partition);
+    if (it == catchup_.end()) return;
+    v1::PartitionPosition pos = it->second.pos;
+    pos.set_offset(std::max(pos.offset(), through));
+    skip_through_[partition] = pos.offset();
+    safe_[partition] = pos;
+    catchup_.erase(it);
+    catchup_order_.erase(std::remove(catchup_order_.begin(), catchup_order_.end(), partition),
+                         catchup_order_.end());
+  }
+
+  void PumpCatchup() {
+    if (!catchup_ready_ || fetch_in_flight_ || closing_ || !connected_) return;
+    if (queue_.size() >= window_) return;  // paced by the client
+    auto st = loop_state_;
+    uint64_t sid = id_;
+    if (!resend_.empty()) {
+      const v1::InflightMessage f = resend_.front();
+      v1::PartitionPosition after;
+      after.set_partition(f.partition());
+      after.set_epoch(f.epoch());
+      after.set_offset(f.offset() == 0 ? 0 : f.offset() - 1);
+      fetch_in_flight_ = true;
+      uint16_t id = static_cast<uint16_t>(f.packet_id());
+      uint8_t qos = static_cast<uint8_t>(f.qos());
+      uint64_t offset = f.offset();
+      bool started = false;
+      hub_->WithCore([&](CoreApi* core) {
+        if (core == nullptr) return;
+        started = true;
+        core->Fetch(f.partition(), after, OwnFilters(), 1,
+                    [st, sid, id, qos, offset](absl::StatusOr<v1::FetchResult> r) {
+                      RunOnSession(st, sid, [id, qos, offset, r = std::move(r)](
+                                                MqttSession& s) mutable {
+                        s.ResendFound(id, qos, offset, std::move(r));
+                      });
+                    });
+      });
+      if (!started) fetch_in_flight_ = false;
+      return;
+    }
+    if (catchup_order_.empty()) return;
+    uint32_t p = catchup_order_.front();
+    std::vector<std::string> filters = OwnFilters();
+    if (filters.empty()) {
+      FinishCatchup(p, catchup_[p].max_dropped);
+      return PumpCatchup();
+    }
+    fetch_in_flight_ = true;
+    v1::PartitionPosition after = catchup_[p].pos;
+    bool started = false;
+    hub_->WithCore([&](CoreApi* core) {
+      if (core == nullptr) return;
+      started = true;
+      core->Fetch(p, after, std::move(filters), hub_->options.catchup_page,
+                  [st, sid, p](absl::StatusOr<v1::FetchResult> r) {
+                    RunOnSession(st, sid, [p, r = std::move(r)](MqttSession& s) mutable {
+                      s.CatchupPage(p, std::move(r));
+                    });
+                  });
+    });
+    if (!started) fetch_in_flight_ = false;
+  }
+
+  // ------------------------------------------------------------------------------------------
+  // Cursor commits of a persistent session
+
+  // Partitions whose messages the subscriptions can match.
+  std::set<uint32_t> RelevantPartitions(uint32_t partitions) const {
+    std::set<uint32_t> out;
+    for (const auto& [as_sent, s] : subscriptions_) {
+      if (!s.shared_key.empty()) continue;
+      if (s.filter.find_first_of("+#") != std::string::npos) {
+        for (uint32_t p = 0; p < partitions; ++p) out.insert(p);
+        return out;
+      }
+      out.insert(PartitionFor(s.filter, partitions));
+    }
+    return out;
+  }
+
+  // Every message at or before a partition's position that the subscriptions match has been
+  // delivered and, at QoS > 0, acknowledged (or is in flight and recorded as such at close).
+  std::vector<v1::PartitionPosition> Cursor() const {
+    std::map<uint32_t, v1::PartitionPosition> pos;
+    for (const auto& [p, s] : safe_) pos[p] = s;
+    for (const auto& [p, off] : processed_) {
+      v1::PartitionPosition& x = pos[p];
+      x.set_partition(p);
+      x.set_offset(std::max(x.offset(), off));
+    }
+    for (const auto& [p, c] : catchup_) pos[p] = c.pos;
+    for (const auto& [p, offsets] : unacked_) {
+      if (offsets.empty()) continue;
+      auto it = pos.find(p);
+      if (it == pos.end()) continue;
+      it->second.set_offset(std::min(it->second.offset(), *offsets.begin() - 1));
+    }
+    std::vector<v1::PartitionPosition> out;
+    for (auto& [p, x] : pos) {
+      x.set_partition(p);
+      out.push_back(x);
+    }
+    return out;
+  }
+
+  void StartCommit() {
+    if (closing_ || !persistent_) return;
+    std::map<uint32_t, v1::PartitionPosition> snapshot;
+    std::vector<uint32_t> unknown;
+    hub_->WithCore([&](CoreApi* core) {
+      if (core == nullptr) return;
+      for (uint32_t p : RelevantPartitions(core->partitions())) {
+        if (catchup_.count(p)) continue;
+        if (auto live = core->LivePosition(p)) {
+          snapshot[p] = *live;
+        } else if (!safe_.count(p) && !processed_.count(p) && !asked_end_.count(p)) {
+          unknown.push_back(p);
+        }
+      }
+      // A partition this edge has not read yet: its end, from the core, is where the session
+      // starts being owed its messages.
+      auto st = loop_state_;
+      uint64_t sid = id_;
+      for (uint32_t p : unknown) {
+        asked_end_.insert(p);
+        core->Fetch(p, v1::PartitionPosition(), OwnFilters(), 1,
+                    [st, sid, p](absl::StatusOr<v1::FetchResult> r) {
+                      if (!r.ok()) return;
+                      v1::PartitionPosition end;
+                      end.set_partition(p);
+                      end.set_epoch(r->epoch());
+                      end.set_offset(r->last_offset());
+                      RunOnSession(st, sid, [end](MqttSession& s) {
+                        s.LiveSnapshot({{end.partition(), end}});
+                      });
+                    });
+      }
+    });
+    // Deliveries posted before the snapshot are ahead of this task on the loop.
+    RunOnSession(loop_state_, id_, [snapshot = std::move(snapshot)](MqttSession& s) mutable {
+      s.LiveSnapshot(std::move(snapshot));
+    });
+  }
+
+  void CommitCursor() {
+    v1::SessionUpdate update;
+    for (const auto& pos : Cursor()) {
+      auto it = committed_.find(pos.partition());
+      if (it != committed_.end() && it->second.epoch() == pos.epoch() &&
+          it->second.offset() >= pos.offset()) {
+        continue;
+      }
+      committed_[pos.partition()] = pos;
+      *update.add_commit_positions() = pos;
+    }
+    auto now = std::chrono::steady_clock::now();
+    // An empty update now and then finds out whether another edge took the session over.
+    if (update.commit_positions_size() == 0 && now - last_update_ < std::chrono::seconds(5)) {
+      return;
+    }
+    last_update_ = now;
+    SendUpdate(std::move(update));
+  }
+
+  // The session's final state, written when the connection ends.
+  void CloseCoreSession() {
+    v1::SessionUpdate update;
+    update.set_client_id(client_id_);
+    update.set_owner_epoch(epoch_);
+    for (const auto& pos : Cursor()) *update.add_commit_positions() = pos;
+    for (const auto& [dir, id] : stored_inflight_) {
+      v1::InflightRef* r = update.add_remove_inflight();
+      r->set_direction(dir);
+      r->set_packet_id(id);
+    }
+    for (const auto& [id, f] : inflight_) {
+      v1::InflightMessage* m = nullptr;
+      if (f.state == OutState::kAwaitComp) {
+        m = update.add_put_inflight();
+        m->set_state(v1::INFLIGHT_STATE_AWAITING_COMP);
+      } else if (f.out.from_log && f.out.message) {
+        m = update.add_put_inflight();
+        m->set_state(v1::INFLIGHT_STATE_AWAITING_ACK);
+        m->set_partition(f.out.message->partition());
+        m->set_offset(f.out.message->offset());
+        if (auto it = safe_.find(f.out.message->partition()); it != safe_.end()) {
+          m->set_epoch(it->second.epoch());
+        }
+      }
+      if (m == nullptr) continue;
+      m->set_direction(v1::INFLIGHT_DIRECTION_OUTBOUND);
+      m->set_packet_id(id);
+      m->set_qos(static_cast<v1::QoS>(f.out.qos));
+    }
+    for (uint16_t id : awaiting_rel_) {
+      v1::InflightMessage* m = update.add_put_inflight();
+      m->set_direction(v1::INFLIGHT_DIRECTION_INBOUND);
+      m->set_packet_id(id);
+      m->set_state(v1::INFLIGHT_STATE_AWAITING_REL);
+      m->set_qos(v1::QOS_EXACTLY_ONCE);
+    }
+    v1::CloseSessionRequest close;
+    close.set_client_id(client_id_);
+    close.set_owner_epoch(epoch_);
+    close.set_publish_will(has_will_ && !clean_disconnect_);
+    if (disconnect_expiry_) close.set_expiry_interval_s(*disconnect_expiry_);
+    bool take_over = taken_over_;
+    std::shared_ptr<Hub> hub = hub_;
+    hub_->WithCore([&](CoreApi* core) {
+      if (core == nullptr) return;
+      core->UpdateSession(std::move(update), [hub, close = std::move(close),
+                                              take_over](const absl::Status& s) mutable {
+        if (!s.ok() && !absl::IsFailedPrecondition(s)) {
+          spdlog::warn("mqtt: final session update of {} failed: {}", close.client_id(), s);
+        }
+        // After a takeover the new owner's OpenSession decided about the will already.
+        if (take_over || absl::IsFailedPrecondition(s)) return;
+        hub->WithCore([&](CoreApi* core) {
+          if (core == nullptr) return;
+          std::string id = close.client_id();
+          core->CloseSession(std::move(close), [id](const absl::Status& cs) {
+            if (!cs.ok() && !absl::IsFailedPrecondition(cs)) {
+              spdlog::warn("mqtt: closing session {} failed: {}", id, cs);
+            }
+          });
+        });
+      });
+    });
   }
 
   void Cleanup() {
@@ -564,18 +1564,31 @@ class MqttSession final : public net::ConnectionHandler {
     closing_ = true;
     keep_alive_timer_.reset();
     connect_timer_.reset();
+    commit_timer_.reset();
+    retry_timer_.reset();
     loop_state_->sessions.erase(id_);
+    if (connected_) hub_->connected.fetch_sub(1);
+    for (const auto& [f, s] : subscriptions_) Index(s, /*insert=*/false);
     {
       std::lock_guard<std::mutex> l(hub_->mu);
-      for (const auto& [f, qos] : subscriptions_) {
-        hub_->trie.Remove(f, SubRef{loop_state_.get(), id_, qos});
-      }
       if (registered_) {
         auto it = hub_->clients.find(client_id_);
         if (it != hub_->clients.end() && it->second.session_id == id_) hub_->clients.erase(it);
       }
     }
-    for (const auto& [f, qos] : subscriptions_) hub_->RemoveFilter(f);
+    for (const auto& [f, s] : subscriptions_) RemoveCoreFilter(s.filter);
+    hub_->subscriptions.fetch_sub(subscriptions_.size(), std::memory_order_relaxed);
+    // What a shared subscription gave this session and it did not acknowledge goes to another
+    // member (§4.8.2).
+    for (auto& [id, f] : inflight_) {
+      if (!f.out.shared_key.empty() && f.out.message && f.state != OutState::kAwaitComp) {
+        Redeliver(std::move(f.out));
+      }
+    }
+    for (auto& out : queue_) {
+      if (!out.shared_key.empty()) Redeliver(std::move(out));
+    }
+    if (persistent_) CloseCoreSession();
     subscriptions_.clear();
     hub_->live_sessions.fetch_sub(1);
   }
@@ -583,31 +1596,111 @@ class MqttSession final : public net::ConnectionHandler {
   std::shared_ptr<Hub> hub_;
   std::shared_ptr<LoopState> loop_state_;
   net::Connection* conn_;
+  std::unique_ptr<MqttServer::Transport> transport_;
+  const std::string peer_;
   const uint64_t id_;
   mqtt::Decoder decoder_;
-  std::vector<mqtt::Packet> packets_;
   Version version_ = Version::kV311;
+  bool connecting_ = false;  // CONNECT received, CONNACK not yet sent
   bool connected_ = false;
   bool closing_ = false;
   bool cleaned_up_ = false;
   bool registered_ = false;
+  bool taken_over_ = false;
+  bool assigned_id_ = false;
+  bool clean_disconnect_ = false;
+  bool has_will_ = false;
+  std::optional<mqtt::Connect> pending_connect_;
+  std::deque<mqtt::Packet> deferred_;
+  std::optional<mqtt::Error> deferred_error_;
   std::string client_id_;
+  std::optional<std::string> username_;
   std::unique_ptr<net::Timer> connect_timer_;
   std::unique_ptr<net::Timer> keep_alive_timer_;
+  std::unique_ptr<net::Timer> commit_timer_;
+  std::unique_ptr<net::Timer> retry_timer_;
   std::chrono::milliseconds keep_alive_timeout_{0};
-  std::map<std::string, uint8_t> subscriptions_;  // filter -> granted QoS
+  std::map<std::string, SubState> subscriptions_;  // by filter as sent
+  // Session in the core.
+  bool persistent_ = false;
+  uint64_t epoch_ = 0;
+  uint32_t expiry_s_ = 0;
+  bool expiry_capped_ = false;
+  std::optional<uint32_t> disconnect_expiry_;
+  std::vector<std::pair<v1::InflightDirection, uint32_t>> stored_inflight_;
+  std::map<uint32_t, v1::PartitionPosition> safe_;
+  std::map<uint32_t, uint64_t> processed_;
+  std::map<uint32_t, std::multiset<uint64_t>> unacked_;
+  std::map<uint32_t, v1::PartitionPosition> committed_;
+  std::set<uint32_t> asked_end_;  // partitions whose end was asked from the core
+  std::chrono::steady_clock::time_point last_update_ = std::chrono::steady_clock::now();
+  // Catch-up.
+  size_t pending_filters_ = 0;
+  bool catchup_ready_ = false;
+  bool fetch_in_flight_ = false;
+  std::map<uint32_t, Catchup> catchup_;
+  std::deque<uint32_t> catchup_order_;
+  std::map<uint32_t, uint64_t> skip_through_;
+  std::deque<v1::InflightMessage> resend_;
+  std::set<std::pair<uint32_t, uint64_t>> resent_;
   // Outbound.
   size_t window_ = 64;
   uint32_t client_max_packet_ = 0;  // 0: no limit
+  uint16_t client_alias_max_ = 0;
+  std::map<std::string, uint16_t> outbound_aliases_;
   uint16_t next_packet_id_ = 1;
-  std::set<uint16_t> inflight_;
-  std::deque<std::pair<QoS, std::shared_ptr<const v1::Message>>> queue_;
-  // Inbound QoS 1 publishes waiting for the core, in arrival order.
+  std::map<uint16_t, Inflight> inflight_;
+  std::set<uint16_t> reserved_ids_;  // in flight in the stored session, being resent
+  std::deque<OutMessage> queue_;
+  // Inbound.
   std::deque<InboundAck> inbound_acks_;
   uint64_t inbound_base_ = 0;
+  std::set<uint16_t> awaiting_rel_;
+  std::set<uint16_t> inbound_publishing_;
+  std::map<uint16_t, std::string> inbound_aliases_;
+};
+
+void RunOnSession(const std::shared_ptr<LoopState>& st, uint64_t sid,
+                  absl::AnyInvocable<void(MqttSession&)> fn) {
+  st->loop->Post([st, sid, fn = std::move(fn)]() mutable {
+    auto it = st->sessions.find(sid);
+    if (it != st->sessions.end()) fn(*it->second);
+  });
+}
+
+void PostDelivery(const std::shared_ptr<LoopState>& st, Delivery d) {
+  st->loop->Post([st, d = std::move(d)]() mutable {
+    auto it = st->sessions.find(d.session_id);
+    if (it != st->sessions.end()) it->second->Deliver(std::move(d.out));
+  });
+}
+
+// MQTT over a plain TCP (or TLS) connection.
+class TcpTransport final : public MqttServer::Transport {
+ public:
+  explicit TcpTransport(net::Connection& c) : conn_(c) {}
+  bool Send(std::string bytes) override { return conn_.Send(std::move(bytes)); }
+  void Close() override { conn_.Close(); }
+
+ private:
+  net::Connection& conn_;
+};
+
+class TcpHandler final : public net::ConnectionHandler {
+ public:
+  explicit TcpHandler(std::unique_ptr<MqttServer::Endpoint> session)
+      : session_(std::move(session)) {}
+  void OnData(net::Connection&, std::string_view data) override { session_->OnBytes(data); }
+  void OnClose(net::Connection&, const absl::Status& reason) override {
+    session_->OnClosed(reason);
+  }
+
+ private:
+  std::unique_ptr<MqttServer::Endpoint> session_;
 };
 
 }  // namespace
+
 
 MqttServer::MqttServer(MqttServerOptions options, CoreApi* core)
     : options_(std::move(options)), hub_(std::make_shared<Hub>()) {
@@ -618,36 +1711,106 @@ MqttServer::MqttServer(MqttServerOptions options, CoreApi* core)
 
 MqttServer::~MqttServer() { Stop(); }
 
+std::unique_ptr<MqttServer::Endpoint> MqttServer::Attach(
+    net::Connection& conn, std::unique_ptr<Transport> transport) {
+  if (hub_->stopped.load()) return nullptr;
+  auto it = hub_->loops.find(&conn.loop());
+  if (it == hub_->loops.end()) return nullptr;
+  return std::make_unique<MqttSession>(hub_, it->second, conn, std::move(transport));
+}
+
 absl::Status MqttServer::Start(net::LoopGroup& loops) {
-  auto address = net::SocketAddress::Parse(options_.listen);
-  if (!address.ok()) return address.status();
   loops_ = &loops;
   for (size_t i = 0; i < loops.size(); ++i) {
     auto st = std::make_shared<LoopState>();
     st->loop = &loops.loop(i);
     hub_->loops[&loops.loop(i)] = st;
   }
-  std::shared_ptr<Hub> hub = hub_;
+  hub_->auth_thread = std::thread([hub = hub_.get()] { hub->AuthLoop(); });
+  auto factory = [this](net::Connection& conn) -> std::unique_ptr<net::ConnectionHandler> {
+    auto session = Attach(conn, std::make_unique<TcpTransport>(conn));
+    if (!session) return nullptr;
+    return std::make_unique<TcpHandler>(std::move(session));
+  };
   net::ListenerOptions lo;
   lo.max_connections = options_.max_connections;
-  auto listener = net::ListenerGroup::Listen(
-      loops, *address,
-      [hub](net::Connection& conn) -> std::unique_ptr<net::ConnectionHandler> {
-        if (hub->stopped.load()) return nullptr;
-        auto it = hub->loops.find(&conn.loop());
-        if (it == hub->loops.end()) return nullptr;
-        return std::make_unique<MqttSession>(hub, it->second, conn);
-      },
-      lo);
-  if (!listener.ok()) return listener.status();
-  listener_ = std::move(*listener);
-  spdlog::info("mqtt listening on {}", listener_->address().ToString());
+  if (!options_.listen.empty()) {
+    auto address = net::SocketAddress::Parse(options_.listen);
+    if (!address.ok()) return address.status();
+    auto listener = net::ListenerGroup::Listen(loops, *address, factory, lo);
+    if (!listener.ok()) return listener.status();
+    listener_ = std::move(*listener);
+    spdlog::info("mqtt listening on {}", listener_->address().ToString());
+  }
+  if (!options_.tls_listen.empty() && options_.tls) {
+    auto address = net::SocketAddress::Parse(options_.tls_listen);
+    if (!address.ok()) return address.status();
+    net::ListenerOptions tlo = lo;
+    tlo.tls = options_.tls;
+    auto listener = net::ListenerGroup::Listen(loops, *address, factory, tlo);
+    if (!listener.ok()) return listener.status();
+    tls_listener_ = std::move(*listener);
+    spdlog::info("mqtt (TLS) listening on {}", tls_listener_->address().ToString());
+  }
+  if (options_.sys_interval.count() > 0) {
+    std::shared_ptr<Hub> hub = hub_;
+    net::EventLoop& loop0 = loops.loop(0);
+    loop0.Post([this, hub, &loop0] {
+      auto timer = std::make_shared<std::unique_ptr<net::Timer>>();
+      *timer = std::make_unique<net::Timer>(loop0, [this, hub] { PublishSys(); });
+      (*timer)->Start(std::chrono::milliseconds(1), options_.sys_interval);
+      sys_timer_ = timer;
+    });
+  }
   return absl::OkStatus();
+}
+
+void MqttServer::PublishSys() {
+  if (hub_->stopped.load()) return;
+  auto uptime = std::chrono::duration_cast<std::chrono::seconds>(
+                    std::chrono::steady_clock::now() - hub_->started)
+                    .count();
+  uint64_t bytes_in = 0, bytes_out = 0;
+  for (const auto* l : {listener_.get(), tls_listener_.get()}) {
+    if (l == nullptr) continue;
+    bytes_in += l->shared_stats()->bytes_in.load();
+    bytes_out += l->shared_stats()->bytes_out.load();
+  }
+  std::map<std::string, std::string> values = {
+      {"$SYS/broker/version", StrCat("herald ", kHeraldVersion)},
+      {"$SYS/broker/uptime", StrCat(uptime, " seconds")},
+      {"$SYS/broker/clients/connected", StrCat(hub_->connected.load())},
+      {"$SYS/broker/messages/received", StrCat(hub_->messages_received.load())},
+      {"$SYS/broker/messages/sent", StrCat(hub_->messages_sent.load())},
+      {"$SYS/broker/subscriptions/count", StrCat(hub_->subscriptions.load())},
+      {"$SYS/broker/bytes/received", StrCat(bytes_in)},
+      {"$SYS/broker/bytes/sent", StrCat(bytes_out)},
+  };
+  std::vector<v1::Message> messages;
+  {
+    std::lock_guard<std::mutex> l(hub_->mu);
+    hub_->sys_values = values;
+  }
+  for (auto& [topic, payload] : values) {
+    v1::Message m;
+    m.set_topic(topic);
+    m.set_payload(payload);
+    m.set_retain(true);
+    messages.push_back(std::move(m));
+  }
+  std::vector<const v1::Message*> ptrs;
+  for (const auto& m : messages) ptrs.push_back(&m);
+  Deliver(ptrs);
 }
 
 void MqttServer::Stop() {
   if (hub_->stopped.exchange(true)) return;
   if (listener_) listener_->Close();
+  if (tls_listener_) tls_listener_->Close();
+  if (loops_ != nullptr && sys_timer_) {
+    std::shared_ptr<std::unique_ptr<net::Timer>> t = sys_timer_;
+    loops_->loop(0).Post([t] { t->reset(); });
+  }
   for (auto& [loop, st] : hub_->loops) {
     loop->Post([st] {
       std::vector<MqttSession*> all;
@@ -659,6 +1822,13 @@ void MqttServer::Stop() {
   while (hub_->live_sessions.load() > 0 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
+  {
+    std::lock_guard<std::mutex> l(hub_->auth_mu);
+    hub_->auth_stop = true;
+    hub_->auth_jobs.clear();
+    hub_->auth_cv.notify_all();
+  }
+  if (hub_->auth_thread.joinable()) hub_->auth_thread.join();
   // Sessions still open from here on no longer reach the core.
   std::unique_lock<std::shared_mutex> l(hub_->core_mu);
   hub_->core = nullptr;
@@ -668,19 +1838,45 @@ void MqttServer::Deliver(const std::vector<const v1::Message*>& messages) {
   std::map<LoopState*, std::vector<Delivery>> by_loop;
   {
     std::lock_guard<std::mutex> l(hub_->mu);
-    std::map<std::pair<LoopState*, uint64_t>, uint8_t> targets;
+    struct Target {
+      uint8_t qos = 0;
+      bool retain = false;
+      std::vector<uint32_t> ids;
+    };
+    std::map<std::pair<LoopState*, uint64_t>, Target> targets;
+    std::vector<SharedGroup*> groups;
     for (const v1::Message* m : messages) {
       targets.clear();
+      groups.clear();
       hub_->trie.Match(m->topic(), [&](const SubRef& r) {
-        uint8_t& q = targets[{r.loop_state, r.session_id}];
-        q = std::max(q, r.qos);
+        if (r.no_local && *r.client_id == m->publisher_client_id()) return;  // §3.8.3.1
+        Target& t = targets[{r.loop_state, r.session_id}];
+        t.qos = std::max(t.qos, r.qos);
+        if (r.retain_as_published && m->retain()) t.retain = true;  // §3.8.3.1
+        if (r.subscription_id != 0) t.ids.push_back(r.subscription_id);
       });
-      if (targets.empty()) continue;
+      hub_->shared_trie.Match(m->topic(), [&](SharedGroup* g) { groups.push_back(g); });
+      if (targets.empty() && groups.empty()) continue;
       auto shared = std::make_shared<const v1::Message>(*m);
       uint8_t mq = static_cast<uint8_t>(m->qos());
-      for (const auto& [key, q] : targets) {
-        by_loop[key.first].push_back(
-            Delivery{key.second, static_cast<QoS>(std::min(q, mq)), shared});
+      for (auto& [key, t] : targets) {
+        OutMessage out;
+        out.qos = static_cast<QoS>(std::min(t.qos, mq));
+        out.retain = t.retain;
+        out.subscription_ids = std::move(t.ids);
+        out.message = shared;
+        by_loop[key.first].push_back(Delivery{key.second, std::move(out)});
+      }
+      for (SharedGroup* g : groups) {
+        if (g->members.empty()) continue;
+        const SubRef& r = g->members[g->next++ % g->members.size()];
+        OutMessage out;
+        out.qos = static_cast<QoS>(std::min(r.qos, mq));
+        out.retain = r.retain_as_published && m->retain();
+        if (r.subscription_id != 0) out.subscription_ids.push_back(r.subscription_id);
+        out.message = shared;
+        out.shared_key = g->key;
+        by_loop[r.loop_state].push_back(Delivery{r.session_id, std::move(out)});
       }
     }
   }
@@ -690,16 +1886,19 @@ void MqttServer::Deliver(const std::vector<const v1::Message*>& messages) {
     st->loop->Post([st, d = std::move(deliveries)]() mutable {
       for (auto& one : d) {
         auto it = st->sessions.find(one.session_id);
-        if (it != st->sessions.end()) it->second->Deliver(one.qos, std::move(one.message));
+        if (it != st->sessions.end()) it->second->Deliver(std::move(one.out));
       }
     });
   }
 }
 
 const net::SocketAddress& MqttServer::address() const { return listener_->address(); }
+const net::SocketAddress& MqttServer::tls_address() const { return tls_listener_->address(); }
 
 std::shared_ptr<const net::ConnectionStats> MqttServer::stats() const {
   return listener_ ? listener_->shared_stats() : nullptr;
 }
+
+int64_t MqttServer::connected_clients() const { return hub_->connected.load(); }
 
 }  // namespace herald::edge

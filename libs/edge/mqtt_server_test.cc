@@ -7,9 +7,11 @@
 #include <unistd.h>
 
 #include <mutex>
+#include <set>
 
 #include "libs/net/test_util.h"
 #include "libs/protocol/mqtt/codec.h"
+#include "libs/protocol/mqtt/topic.h"
 
 namespace herald::edge {
 namespace {
@@ -24,7 +26,16 @@ class FakeCore : public CoreApi {
                std::function<void(const absl::Status&)> done) override {
     {
       std::lock_guard<std::mutex> l(mu_);
-      for (const auto& m : messages) published_.push_back(m);
+      for (const auto& m : messages) {
+        published_.push_back(m);
+        if (m.retain()) {
+          if (m.payload().empty()) {
+            retained_.erase(m.topic());
+          } else {
+            retained_[m.topic()] = m;
+          }
+        }
+      }
       if (fail_) {
         done(absl::UnavailableError("fake failure"));
         return;
@@ -46,6 +57,43 @@ class FakeCore : public CoreApi {
     std::lock_guard<std::mutex> l(mu_);
     if (--filters_[filter] == 0) filters_.erase(filter);
   }
+  uint32_t partitions() const override { return 8; }
+  std::optional<v1::PartitionPosition> LivePosition(uint32_t) override { return std::nullopt; }
+  void Fetch(uint32_t, const v1::PartitionPosition&, std::vector<std::string>, uint32_t,
+             std::function<void(absl::StatusOr<v1::FetchResult>)> done) override {
+    done(absl::UnimplementedError("fake core has no log"));
+  }
+  void GetRetained(std::vector<std::string> filters, uint32_t,
+                   std::function<void(absl::StatusOr<std::vector<v1::Message>>)> done) override {
+    std::vector<v1::Message> out;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      for (const auto& [topic, m] : retained_) {
+        for (const auto& f : filters) {
+          if (mqtt::TopicMatches(f, topic)) {
+            out.push_back(m);
+            break;
+          }
+        }
+      }
+    }
+    done(std::move(out));
+  }
+  void OpenSession(v1::OpenSessionRequest,
+                   std::function<void(absl::StatusOr<v1::OpenSessionResponse>)> done) override {
+    done(absl::UnavailableError("fake core has no sessions"));
+  }
+  void UpdateSession(v1::SessionUpdate, std::function<void(const absl::Status&)> done) override {
+    done(absl::UnavailableError("fake core has no sessions"));
+  }
+  void CloseSession(v1::CloseSessionRequest,
+                    std::function<void(const absl::Status&)> done) override {
+    done(absl::UnavailableError("fake core has no sessions"));
+  }
+  size_t PublishedCount() {
+    std::lock_guard<std::mutex> l(mu_);
+    return published_.size();
+  }
   int FilterRefs(const std::string& f) {
     std::lock_guard<std::mutex> l(mu_);
     return filters_.count(f) ? filters_[f] : 0;
@@ -61,6 +109,7 @@ class FakeCore : public CoreApi {
   std::mutex mu_;
   std::vector<v1::Message> published_;
   std::map<std::string, int> filters_;
+  std::map<std::string, v1::Message> retained_;
   bool fail_ = false;
 };
 
@@ -136,6 +185,7 @@ class MqttServerTest : public ::testing::TestWithParam<Version> {
     MqttServerOptions o;
     o.listen = "127.0.0.1:0";
     o.max_queued_messages = 4;
+    o.sys_interval = std::chrono::milliseconds(0);
     server_ = std::make_unique<MqttServer>(o, &core_);
     core_.server_ = server_.get();
     ASSERT_TRUE(server_->Start(loops_).ok());
@@ -157,9 +207,9 @@ class MqttServerTest : public ::testing::TestWithParam<Version> {
 TEST_P(MqttServerTest, SubscriberReceivesQoS1PublishAfterPublisherGetsPuback) {
   auto sub = NewClient(version());
   EXPECT_EQ(sub->Connect("sub").reason_code, ReasonCode::kSuccess);
-  mqtt::Suback sa = sub->Subscribe("a/#", QoS::kExactlyOnce);
+  mqtt::Suback sa = sub->Subscribe("a/#", QoS::kAtLeastOnce);
   ASSERT_EQ(sa.reason_codes.size(), 1u);
-  EXPECT_EQ(sa.reason_codes[0], ReasonCode::kGrantedQoS1);  // QoS 2 downgraded to 1
+  EXPECT_EQ(sa.reason_codes[0], ReasonCode::kGrantedQoS1);
   EXPECT_EQ(core_.FilterRefs("a/#"), 1);
 
   auto pub = NewClient(version());
@@ -258,33 +308,199 @@ TEST_P(MqttServerTest, SlowSubscriberIsDisconnectedWhenItsQueueIsFull) {
   EXPECT_TRUE(closed);
 }
 
-TEST_P(MqttServerTest, InboundQoS2IsRefused) {
-  auto c = NewClient(version());
-  auto ack = c->Connect("c");
-  if (version() == Version::kV5) {
-    EXPECT_EQ(ack.properties.maximum_qos, 1);
-  }
-  c->Send(mqtt::Publish{.qos = QoS::kExactlyOnce, .topic = "t", .packet_id = 1, .payload = "x"});
-  if (version() == Version::kV5) {
-    EXPECT_EQ(c->Expect<mqtt::Disconnect>().reason_code, ReasonCode::kQoSNotSupported);
-  }
-  EXPECT_TRUE(c->Closed());
+TEST_P(MqttServerTest, QoS2IsExactlyOnceInBothDirections) {
+  auto sub = NewClient(version());
+  sub->Connect("sub");
+  EXPECT_EQ(sub->Subscribe("q2/#", QoS::kExactlyOnce).reason_codes[0], ReasonCode::kGrantedQoS2);
+  auto pub = NewClient(version());
+  pub->Connect("pub");
+  mqtt::Publish p{.qos = QoS::kExactlyOnce, .topic = "q2/a", .packet_id = 7, .payload = "once"};
+  pub->Send(p);
+  EXPECT_EQ(pub->Expect<mqtt::Pubrec>().packet_id, 7);
+  // A resent PUBLISH (DUP) before PUBREL is acknowledged again and not published again.
+  p.dup = true;
+  pub->Send(p);
+  EXPECT_EQ(pub->Expect<mqtt::Pubrec>().packet_id, 7);
+  pub->Send(mqtt::Pubrel{.packet_id = 7});
+  EXPECT_EQ(pub->Expect<mqtt::Pubcomp>().packet_id, 7);
+
+  auto got = sub->Expect<mqtt::Publish>();
+  EXPECT_EQ(got.qos, QoS::kExactlyOnce);
+  EXPECT_EQ(got.payload, "once");
+  sub->Send(mqtt::Pubrec{.packet_id = got.packet_id});
+  EXPECT_EQ(sub->Expect<mqtt::Pubrel>().packet_id, got.packet_id);
+  sub->Send(mqtt::Pubcomp{.packet_id = got.packet_id});
+  // Nothing else arrives: the duplicate PUBLISH was not delivered.
+  sub->Send(mqtt::Pingreq{});
+  sub->Expect<mqtt::Pingresp>();
+  EXPECT_EQ(core_.PublishedCount(), 1u);
 }
 
-TEST_P(MqttServerTest, SharedSubscriptionIsRefusedAndOthersGranted) {
+TEST_P(MqttServerTest, RetainedMessageIsSentOnSubscribeAndDeletedByEmptyPayload) {
+  auto pub = NewClient(version());
+  pub->Connect("pub");
+  pub->Send(mqtt::Publish{
+      .qos = QoS::kAtLeastOnce, .retain = true, .topic = "r/1", .packet_id = 1, .payload = "v1"});
+  pub->Expect<mqtt::Puback>();
+  auto sub = NewClient(version());
+  sub->Connect("sub");
+  sub->Subscribe("r/+", QoS::kAtLeastOnce);
+  auto got = sub->Expect<mqtt::Publish>();
+  EXPECT_TRUE(got.retain);
+  EXPECT_EQ(got.payload, "v1");
+  sub->Send(mqtt::Puback{.packet_id = got.packet_id});
+  // Live messages carry retain 0 unless Retain As Published.
+  pub->Send(mqtt::Publish{
+      .qos = QoS::kAtLeastOnce, .retain = true, .topic = "r/1", .packet_id = 2, .payload = ""});
+  pub->Expect<mqtt::Puback>();
+  auto live = sub->Expect<mqtt::Publish>();
+  EXPECT_FALSE(live.retain);
+  sub->Send(mqtt::Puback{.packet_id = live.packet_id});
+  auto late = NewClient(version());
+  late->Connect("late");
+  late->Subscribe("r/+", QoS::kAtLeastOnce);
+  late->Send(mqtt::Pingreq{});
+  late->Expect<mqtt::Pingresp>();  // no retained message: it was deleted
+}
+
+TEST_P(MqttServerTest, SharedSubscriptionGivesEachMessageToOneMember) {
+  auto a = NewClient(version());
+  a->Connect("a");
+  auto b = NewClient(version());
+  b->Connect("b");
+  EXPECT_EQ(a->Subscribe("$share/g/s/#", QoS::kAtMostOnce).reason_codes[0], ReasonCode::kSuccess);
+  EXPECT_EQ(b->Subscribe("$share/g/s/#", QoS::kAtMostOnce).reason_codes[0], ReasonCode::kSuccess);
+  auto pub = NewClient(version());
+  pub->Connect("pub");
+  for (int i = 0; i < 4; ++i) {
+    pub->Send(mqtt::Publish{.qos = QoS::kAtLeastOnce,
+                            .topic = "s/x",
+                            .packet_id = static_cast<uint16_t>(i + 1),
+                            .payload = std::to_string(i)});
+    pub->Expect<mqtt::Puback>();
+  }
+  std::set<std::string> seen;
+  for (int i = 0; i < 2; ++i) {
+    seen.insert(a->Expect<mqtt::Publish>().payload);
+    seen.insert(b->Expect<mqtt::Publish>().payload);
+  }
+  EXPECT_EQ(seen.size(), 4u);
+  a->Send(mqtt::Pingreq{});
+  a->Expect<mqtt::Pingresp>();
+  b->Send(mqtt::Pingreq{});
+  b->Expect<mqtt::Pingresp>();
+}
+
+TEST_P(MqttServerTest, UnansweredSharedMessageGoesToAnotherMemberWhenOneLeaves) {
+  auto a = NewClient(version());
+  a->Connect("a");
+  auto b = NewClient(version());
+  b->Connect("b");
+  a->Subscribe("$share/g/u", QoS::kAtLeastOnce);
+  b->Subscribe("$share/g/u", QoS::kAtLeastOnce);
+  auto pub = NewClient(version());
+  pub->Connect("pub");
+  pub->Send(mqtt::Publish{.qos = QoS::kAtLeastOnce, .topic = "u", .packet_id = 1, .payload = "m0"});
+  pub->Expect<mqtt::Puback>();
+  pub->Send(mqtt::Publish{.qos = QoS::kAtLeastOnce, .topic = "u", .packet_id = 2, .payload = "m1"});
+  pub->Expect<mqtt::Puback>();
+  // One message each; `a` leaves without acknowledging its own.
+  auto got_a = a->Expect<mqtt::Publish>();
+  a.reset();
+  auto first_b = b->Expect<mqtt::Publish>();
+  b->Send(mqtt::Puback{.packet_id = first_b.packet_id});
+  auto second_b = b->Expect<mqtt::Publish>();
+  EXPECT_EQ(second_b.payload, got_a.payload);
+  EXPECT_NE(first_b.payload, second_b.payload);
+}
+
+TEST_P(MqttServerTest, TopicAliasSetByOnePublishIsUsedByTheNext) {
+  if (version() != Version::kV5) GTEST_SKIP() << "topic aliases are MQTT 5";
+  auto sub = NewClient(version());
+  mqtt::Properties sp;
+  sp.topic_alias_maximum = 4;  // the subscriber accepts aliases too
+  sub->Connect("sub", sp);
+  sub->Subscribe("al/#", QoS::kAtMostOnce);
+  auto pub = NewClient(version());
+  auto ack = pub->Connect("pub");
+  ASSERT_TRUE(ack.properties.topic_alias_maximum.has_value());
+  mqtt::Publish first{.qos = QoS::kAtLeastOnce, .topic = "al/x", .packet_id = 1, .payload = "1"};
+  first.properties.topic_alias = 1;
+  pub->Send(first);
+  pub->Expect<mqtt::Puback>();
+  mqtt::Publish second{.qos = QoS::kAtLeastOnce, .topic = "", .packet_id = 2, .payload = "2"};
+  second.properties.topic_alias = 1;
+  pub->Send(second);
+  pub->Expect<mqtt::Puback>();
+  auto m1 = sub->Expect<mqtt::Publish>();
+  auto m2 = sub->Expect<mqtt::Publish>();
+  EXPECT_EQ(m1.topic, "al/x");
+  EXPECT_EQ(m1.properties.topic_alias, 1);
+  EXPECT_EQ(m2.topic, "");  // the server used the alias it set
+  EXPECT_EQ(m2.properties.topic_alias, 1);
+  EXPECT_EQ(m2.payload, "2");
+  // An alias never set is a Protocol Error.
+  mqtt::Publish bad{.qos = QoS::kAtMostOnce, .topic = "", .payload = "3"};
+  bad.properties.topic_alias = 2;
+  pub->Send(bad);
+  EXPECT_EQ(pub->Expect<mqtt::Disconnect>().reason_code, ReasonCode::kProtocolError);
+}
+
+TEST_P(MqttServerTest, NoLocalSubscriptionDoesNotGetItsOwnMessages) {
+  if (version() != Version::kV5) GTEST_SKIP() << "No Local is MQTT 5";
+  auto c = NewClient(version());
+  c->Connect("self");
+  c->Send(mqtt::Subscribe{.packet_id = 1,
+                          .subscriptions = {{.topic_filter = "nl",
+                                             .max_qos = QoS::kAtMostOnce,
+                                             .no_local = true}}});
+  c->Expect<mqtt::Suback>();
+  mqtt::Subscribe with_id{.packet_id = 2,
+                          .subscriptions = {{.topic_filter = "other/+",
+                                             .max_qos = QoS::kAtMostOnce}}};
+  with_id.properties.subscription_identifiers = {42};
+  c->Send(with_id);
+  c->Expect<mqtt::Suback>();
+  c->Send(mqtt::Publish{.qos = QoS::kAtLeastOnce, .topic = "nl", .packet_id = 3, .payload = "x"});
+  c->Expect<mqtt::Puback>();
+  auto other = NewClient(version());
+  other->Connect("other");
+  other->Send(
+      mqtt::Publish{.qos = QoS::kAtLeastOnce, .topic = "other/1", .packet_id = 1, .payload = "y"});
+  other->Expect<mqtt::Puback>();
+  auto got = c->Expect<mqtt::Publish>();  // not its own "nl" message
+  EXPECT_EQ(got.topic, "other/1");
+  EXPECT_EQ(got.properties.subscription_identifiers, std::vector<uint32_t>{42});
+}
+
+TEST_P(MqttServerTest, DeniedPublishAndSubscribeGetNotAuthorized) {
+  server_->Stop();
+  MqttServerOptions o;
+  o.listen = "127.0.0.1:0";
+  o.sys_interval = std::chrono::milliseconds(0);
+  o.may_publish = [](std::string_view, const std::optional<std::string>&, std::string_view t) {
+    return t.substr(0, 7) != "secret/";
+  };
+  o.may_subscribe = o.may_publish;
+  server_ = std::make_unique<MqttServer>(o, &core_);
+  core_.server_ = server_.get();
+  ASSERT_TRUE(server_->Start(loops_).ok());
   auto c = NewClient(version());
   c->Connect("c");
-  c->Send(mqtt::Subscribe{
-      .packet_id = 3,
-      .subscriptions = {{.topic_filter = "$share/g/a", .max_qos = QoS::kAtLeastOnce},
-                        {.topic_filter = "b", .max_qos = QoS::kAtMostOnce}}});
+  c->Send(mqtt::Subscribe{.packet_id = 1,
+                          .subscriptions = {{.topic_filter = "secret/#"},
+                                            {.topic_filter = "open/#"}}});
   auto sa = c->Expect<mqtt::Suback>();
   ASSERT_EQ(sa.reason_codes.size(), 2u);
-  // 3.1.1 encodes every failure as 0x80, which decodes as Unspecified error.
-  EXPECT_EQ(sa.reason_codes[0], version() == Version::kV5
-                                    ? ReasonCode::kSharedSubscriptionsNotSupported
-                                    : ReasonCode::kUnspecifiedError);
+  EXPECT_EQ(sa.reason_codes[0], version() == Version::kV5 ? ReasonCode::kNotAuthorized
+                                                           : ReasonCode::kUnspecifiedError);
   EXPECT_EQ(sa.reason_codes[1], ReasonCode::kSuccess);
+  c->Send(mqtt::Publish{.qos = QoS::kAtLeastOnce, .topic = "secret/x", .packet_id = 5,
+                        .payload = "no"});
+  auto ack = c->Expect<mqtt::Puback>();
+  EXPECT_EQ(ack.reason_code,
+            version() == Version::kV5 ? ReasonCode::kNotAuthorized : ReasonCode::kSuccess);
+  EXPECT_EQ(core_.PublishedCount(), 0u);
 }
 
 TEST_P(MqttServerTest, SecondConnectionWithSameClientIdTakesOver) {
@@ -353,19 +569,17 @@ TEST(MqttServerV5Test, EmptyClientIdIsAssigned) {
   net::LoopGroup loops(1, "mqtt-test");
   ASSERT_TRUE(loops.Start().ok());
   FakeCore core;
-  MqttServer server({.listen = "127.0.0.1:0"}, &core);
+  MqttServerOptions options;
+  options.listen = "127.0.0.1:0";
+  MqttServer server(options, &core);
   ASSERT_TRUE(server.Start(loops).ok());
   {
     Client c(server.address(), Version::kV5);
-    mqtt::Properties props;
-    props.session_expiry_interval = 60;
-    auto ack = c.Connect("", props);
+    auto ack = c.Connect("");
     EXPECT_EQ(ack.reason_code, ReasonCode::kSuccess);
     EXPECT_FALSE(ack.session_present);
     ASSERT_TRUE(ack.properties.assigned_client_identifier.has_value());
     EXPECT_FALSE(ack.properties.assigned_client_identifier->empty());
-    EXPECT_EQ(ack.properties.session_expiry_interval, 0u);
-    EXPECT_EQ(ack.properties.retain_available, false);
   }
   {
     Client c(server.address(), Version::kV311);

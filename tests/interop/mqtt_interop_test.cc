@@ -135,7 +135,7 @@ class MqttInteropTest : public ::testing::Test {
     port_ = testing::PickFreePort();
     herald_ = new testing::Process(
         "herald", {"--mqtt.listen=127.0.0.1:" + std::to_string(port_), "--core.listen=127.0.0.1:0",
-                   "--admin.listen=127.0.0.1:0", "--data_dir=" + *dir_, "--storage.sync=false"});
+                   "--http.listen=127.0.0.1:0", "--admin.listen=127.0.0.1:0", "--data_dir=" + *dir_, "--storage.sync=false"});
     ready_ = !herald_->WaitForLine("herald ready", 30s).empty();
   }
   static void TearDownTestSuite() {
@@ -261,7 +261,8 @@ TEST_F(MqttInteropTest, EdgeAndCoreProcesses) {
   int edge_port = testing::PickFreePort();
   testing::Process edge("herald-edge",
                         {"--mqtt.listen=127.0.0.1:" + std::to_string(edge_port),
-                         "--edge.core=" + core_address, "--admin.listen=127.0.0.1:0"});
+                         "--edge.core=" + core_address, "--admin.listen=127.0.0.1:0",
+                         "--http.listen=127.0.0.1:0"});
   ASSERT_FALSE(edge.WaitForLine("herald-edge ready", 30s).empty()) << edge.log();
   Exchange("mqttv5", 1, "split/v5", 20, edge_port);
   Exchange("mqttv311", 0, "split/v311", 20, edge_port);

@@ -39,6 +39,7 @@ class Herald:
         self.proc = subprocess.Popen(
             [os.path.join(bin_dir, "herald"), "--data_dir=" + self.dir,
              "--admin.listen=127.0.0.1:0", "--core.listen=127.0.0.1:0",
+             "--http.listen=127.0.0.1:0",
              "--mqtt.listen=127.0.0.1:%d" % self.mqtt_port],
             stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 30

@@ -44,7 +44,7 @@ constexpr char kAdminLine[] = R"(admin listening on (127\.0\.0\.1:\d+))";
 
 TEST_F(ServiceProcessTest, HeraldServesHealthAndMetricsAndStopsOnSigterm) {
   Process p("herald", {"--admin.listen=127.0.0.1:0", "--core.listen=127.0.0.1:0",
-                       "--mqtt.listen=127.0.0.1:0", "--data_dir=" + dir_ + "/data"});
+                       "--mqtt.listen=127.0.0.1:0", "--http.listen=127.0.0.1:0", "--data_dir=" + dir_ + "/data"});
   std::string admin = p.WaitForLine(kAdminLine);
   ASSERT_FALSE(admin.empty()) << p.log();
   ASSERT_FALSE(p.WaitForLine("herald ready").empty()) << p.log();
@@ -76,7 +76,7 @@ TEST_F(ServiceProcessTest, HeraldServesHealthAndMetricsAndStopsOnSigterm) {
 
 TEST_F(ServiceProcessTest, HeraldStopsOnSigintWithOpenAdminConnections) {
   Process p("herald", {"--admin.listen=127.0.0.1:0", "--core.listen=127.0.0.1:0",
-                       "--mqtt.listen=127.0.0.1:0", "--data_dir=" + dir_});
+                       "--mqtt.listen=127.0.0.1:0", "--http.listen=127.0.0.1:0", "--data_dir=" + dir_});
   std::string admin = p.WaitForLine(kAdminLine);
   ASSERT_FALSE(admin.empty()) << p.log();
   // An idle keep-alive connection must not hold up the stop.
@@ -89,10 +89,10 @@ TEST_F(ServiceProcessTest, HeraldStopsOnSigintWithOpenAdminConnections) {
 
 TEST_F(ServiceProcessTest, SecondProcessOnTheSameDataDirIsRefused) {
   Process first("herald", {"--admin.listen=127.0.0.1:0", "--core.listen=127.0.0.1:0",
-                           "--mqtt.listen=127.0.0.1:0", "--data_dir=" + dir_});
+                           "--mqtt.listen=127.0.0.1:0", "--http.listen=127.0.0.1:0", "--data_dir=" + dir_});
   ASSERT_FALSE(first.WaitForLine("herald ready").empty()) << first.log();
   Process second("herald", {"--admin.listen=127.0.0.1:0", "--core.listen=127.0.0.1:0",
-                            "--mqtt.listen=127.0.0.1:0", "--data_dir=" + dir_});
+                            "--mqtt.listen=127.0.0.1:0", "--http.listen=127.0.0.1:0", "--data_dir=" + dir_});
   EXPECT_EQ(second.Wait(10s), 1);
   EXPECT_NE(second.log().find("is in use by another process"), std::string::npos) << second.log();
   first.Signal(SIGTERM);
@@ -127,7 +127,7 @@ TEST_F(ServiceProcessTest, ConfigFileIsReadAndFlagsOverrideIt) {
   std::fputs("admin:\n  listen: 127.0.0.1:1\nlog:\n  level: debug\nnet:\n  loops: 1\n", f);
   std::fclose(f);
   Process p("herald", {"--config=" + cfg, "--admin.listen=127.0.0.1:0", "--core.listen=127.0.0.1:0",
-                       "--mqtt.listen=127.0.0.1:0", "--data_dir=" + dir_});
+                       "--mqtt.listen=127.0.0.1:0", "--http.listen=127.0.0.1:0", "--data_dir=" + dir_});
   ASSERT_FALSE(p.WaitForLine(kAdminLine).empty()) << p.log();
   EXPECT_NE(p.log().find("1 event loops"), std::string::npos) << p.log();
   p.Signal(SIGTERM);
@@ -136,13 +136,13 @@ TEST_F(ServiceProcessTest, ConfigFileIsReadAndFlagsOverrideIt) {
 
 TEST_F(ServiceProcessTest, AdminPortInUseIsAClearStartupError) {
   Process first("herald", {"--admin.listen=127.0.0.1:0", "--core.listen=127.0.0.1:0",
-                           "--mqtt.listen=127.0.0.1:0", "--data_dir=" + dir_ + "/a"});
+                           "--mqtt.listen=127.0.0.1:0", "--http.listen=127.0.0.1:0", "--data_dir=" + dir_ + "/a"});
   std::string admin = first.WaitForLine(kAdminLine);
   ASSERT_FALSE(admin.empty()) << first.log();
   // Listeners use SO_REUSEPORT among their own loops; a second process must still not be able
   // to join the port and take part of its connections.
   Process second("herald", {"--admin.listen=" + admin, "--core.listen=127.0.0.1:0",
-                            "--mqtt.listen=127.0.0.1:0", "--data_dir=" + dir_ + "/b"});
+                            "--mqtt.listen=127.0.0.1:0", "--http.listen=127.0.0.1:0", "--data_dir=" + dir_ + "/b"});
   EXPECT_EQ(second.Wait(10s), 1);
   EXPECT_NE(second.log().find("address already in use"), std::string::npos) << second.log();
   first.Signal(SIGTERM);

@@ -6,10 +6,16 @@
 // heraldctl asks every node it can find (the --servers it is given, plus the nodes their
 // metadata lists) and merges the answers: per partition it keeps the leader's own answer, or
 // else the one with the highest term. Run `heraldctl --help` for the commands.
+//
+// `heraldctl passwd` is the exception: it edits an MQTT edge password file locally.
+#include <fcntl.h>
 #include <grpcpp/grpcpp.h>
+#include <sys/stat.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -28,7 +34,10 @@
 #include "absl/time/time.h"
 #include "herald/v1/admin.grpc.pb.h"
 #include "herald/v1/broker.grpc.pb.h"
+#include "libs/auth/password_file.h"
+#include "libs/auth/text_file.h"
 #include "libs/common/partitioning.h"
+#include "libs/common/status.h"
 #include "libs/common/strings.h"
 
 namespace herald::ctl {
@@ -83,6 +92,14 @@ Commands:
   remove-node NODE
       Asks the cluster to remove node NODE. Membership is static today: the servers answer
       UNIMPLEMENTED, which heraldctl reports.
+  passwd FILE USER [--password=P] [--delete]
+      Sets USER's password in the MQTT edge's password file FILE (mqtt.password_file), without
+      asking any server: creates FILE (mode 0600) if missing, replaces USER's line or appends
+      one, and keeps every other line and comment. Without --password the password is one
+      line of stdin (asked twice, without echo, on a terminal); --password shows it to other
+      local users through the process list. --delete removes USER instead. The password is
+      stored as PBKDF2-HMAC-SHA-512 with 210000 iterations and a random 16-byte salt. The file
+      is replaced atomically (temporary file, fsync, rename).
 
 Exit status: 0 done, 1 the operation failed (the reason is printed on stderr), 2 usage error.
 )";
@@ -103,13 +120,14 @@ struct Flags {
 };
 
 const std::set<std::string>& BooleanFlags() {
-  static const std::set<std::string> s = {"json", "retain", "follow", "help"};
+  static const std::set<std::string> s = {"json", "retain", "follow", "help", "delete"};
   return s;
 }
 
 const std::set<std::string>& ValueFlags() {
-  static const std::set<std::string> s = {"servers", "partitions", "timeout",   "topic", "message",
-                                          "qos",     "filter",     "partition", "from",  "to"};
+  static const std::set<std::string> s = {"servers", "partitions", "timeout", "topic",
+                                          "message", "qos",        "filter",  "partition",
+                                          "from",    "to",         "password"};
   return s;
 }
 
@@ -1204,6 +1222,155 @@ int RunRemoveNode(const Flags& f) {
   return kExitFailed;
 }
 
+// ---------------------------------------------------------------------------------------------
+// passwd
+
+// Reads one line of stdin without its line end; on a terminal, prompts on stderr with echo off.
+std::optional<std::string> ReadPasswordLine(const char* prompt) {
+  bool tty = ::isatty(STDIN_FILENO) == 1;
+  termios saved{};
+  if (tty) {
+    std::fputs(prompt, stderr);
+    std::fflush(stderr);
+    if (::tcgetattr(STDIN_FILENO, &saved) == 0) {
+      termios quiet = saved;
+      quiet.c_lflag &= ~static_cast<tcflag_t>(ECHO);
+      ::tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet);
+    } else {
+      tty = false;
+    }
+  }
+  std::string line;
+  bool got = static_cast<bool>(std::getline(std::cin, line));
+  if (tty) {
+    ::tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved);
+    std::fputs("\n", stderr);
+  }
+  if (!got) return std::nullopt;
+  if (!line.empty() && line.back() == '\r') line.pop_back();
+  return line;
+}
+
+// Replaces the file at `path` with `text`: a temporary file in the same directory, fsynced,
+// then renamed over it. A new file gets mode 0600, an existing one keeps its mode.
+absl::Status ReplaceFile(const std::string& path, const std::string& text) {
+  std::string tmp = path + ".tmp.XXXXXX";
+  int fd = ::mkstemp(tmp.data());  // mode 0600
+  if (fd < 0) return herald::ErrnoToStatus(errno, herald::StrCat("create ", tmp));
+  // Call right after the failed call: errno is read before anything else can change it.
+  auto fail = [&](std::string_view op) {
+    absl::Status st = herald::ErrnoToStatus(errno, herald::StrCat(op, " ", tmp));
+    ::close(fd);
+    ::unlink(tmp.c_str());
+    return st;
+  };
+  struct stat existing {};
+  if (::stat(path.c_str(), &existing) == 0 && ::fchmod(fd, existing.st_mode & 07777) != 0) {
+    return fail("chmod");
+  }
+  size_t done = 0;
+  while (done < text.size()) {
+    ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return fail("write");
+    done += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0) return fail("fsync");
+  if (::close(fd) != 0) {
+    absl::Status st = herald::ErrnoToStatus(errno, herald::StrCat("close ", tmp));
+    ::unlink(tmp.c_str());
+    return st;
+  }
+  if (::rename(tmp.c_str(), path.c_str()) != 0) {
+    absl::Status st = herald::ErrnoToStatus(errno, herald::StrCat("rename to ", path));
+    ::unlink(tmp.c_str());
+    return st;
+  }
+  size_t slash = path.rfind('/');
+  std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+  if (int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY); dfd >= 0) {
+    ::fsync(dfd);  // best effort: the rename is done either way
+    ::close(dfd);
+  }
+  return absl::OkStatus();
+}
+
+int RunPasswd(const Flags& f) {
+  if (f.positional.size() != 2) {
+    std::fprintf(stderr,
+                 "heraldctl passwd: usage: heraldctl passwd FILE USER [--password=P] [--delete]\n");
+    return kExitUsage;
+  }
+  const std::string& path = f.positional[0];
+  const std::string& user = f.positional[1];
+  bool remove = f.switches.count("delete") != 0;
+  std::optional<std::string> password = Value(f, "password");
+  if (remove && password.has_value()) {
+    std::fprintf(stderr, "heraldctl passwd: --delete takes no --password\n");
+    return kExitUsage;
+  }
+  if (absl::Status st = auth::ValidatePasswordFileUser(user); !st.ok()) {
+    std::fprintf(stderr, "heraldctl passwd: invalid user name: %s\n",
+                 std::string(st.message()).c_str());
+    return kExitUsage;
+  }
+  std::string text;
+  if (absl::StatusOr<std::string> read = auth::ReadTextFile(path); read.ok()) {
+    text = *std::move(read);
+  } else if (read.status().code() != absl::StatusCode::kNotFound || remove) {
+    Fail("passwd", std::string(read.status().message()));
+    return kExitFailed;
+  }
+
+  std::string updated;
+  if (remove) {
+    bool removed = false;
+    updated = auth::RemovePasswordFileEntry(text, user, &removed);
+    if (!removed) {
+      Fail("passwd", herald::StrCat("no user '", user, "' in ", path));
+      return kExitFailed;
+    }
+  } else {
+    if (!password.has_value()) {
+      password = ReadPasswordLine("Password: ");
+      if (password.has_value() && ::isatty(STDIN_FILENO) == 1) {
+        std::optional<std::string> again = ReadPasswordLine("Password again: ");
+        if (again != password) {
+          Fail("passwd", "the passwords differ");
+          return kExitFailed;
+        }
+      }
+      if (!password.has_value()) {
+        Fail("passwd", "no password on stdin");
+        return kExitFailed;
+      }
+    }
+    if (password->empty()) {
+      Fail("passwd", "the password is empty");
+      return kExitFailed;
+    }
+    absl::StatusOr<std::string> hash = auth::HashPassword(*password);
+    if (!hash.ok()) {
+      Fail("passwd", std::string(hash.status().message()));
+      return kExitFailed;
+    }
+    updated = auth::SetPasswordFileEntry(text, user, *hash);
+  }
+  // Never write a file the edge would refuse: a bad line elsewhere must be fixed first.
+  if (auto parsed = auth::PasswordFile::Parse(updated, path, /*cache_entries=*/0); !parsed.ok()) {
+    Fail("passwd",
+         herald::StrCat(std::string(parsed.status().message()), " (file left unchanged)"));
+    return kExitFailed;
+  }
+  if (absl::Status st = ReplaceFile(path, updated); !st.ok()) {
+    Fail("passwd", std::string(st.message()));
+    return kExitFailed;
+  }
+  std::printf("%s: %s '%s'\n", path.c_str(), remove ? "removed user" : "set the password of",
+              user.c_str());
+  return kExitOk;
+}
+
 }  // namespace
 }  // namespace herald::ctl
 
@@ -1221,7 +1388,7 @@ int main(int argc, char** argv) {
     return kExitOk;
   }
   const std::string& cmd = flags->command;
-  if (cmd != "remove-node" && !flags->positional.empty()) {
+  if (cmd != "remove-node" && cmd != "passwd" && !flags->positional.empty()) {
     std::fprintf(stderr, "heraldctl: unexpected argument '%s' (see heraldctl --help)\n",
                  flags->positional[0].c_str());
     return kExitUsage;
@@ -1232,6 +1399,7 @@ int main(int argc, char** argv) {
   if (cmd == "subscribe") return RunSubscribe(*flags);
   if (cmd == "transfer-leader") return RunTransferLeader(*flags);
   if (cmd == "remove-node") return RunRemoveNode(*flags);
+  if (cmd == "passwd") return RunPasswd(*flags);
   std::fprintf(
       stderr, "heraldctl: %s (see heraldctl --help)\n",
       cmd.empty() ? "no command given" : herald::StrCat("unknown command '", cmd, "'").c_str());
