@@ -96,6 +96,32 @@ struct Delivery {
   OutMessage out;
 };
 
+// A deque allocated on first use: std::deque allocates even when empty, and an idle connection
+// should cost little memory.
+template <typename T>
+class LazyDeque {
+ public:
+  bool empty() const { return !d_ || d_->empty(); }
+  size_t size() const { return d_ ? d_->size() : 0; }
+  T& front() { return d_->front(); }
+  T& operator[](size_t i) { return (*d_)[i]; }
+  void pop_front() { d_->pop_front(); }
+  void push_back(T v) {
+    if (!d_) d_ = std::make_unique<std::deque<T>>();
+    d_->push_back(std::move(v));
+  }
+  void clear() { d_.reset(); }
+  template <typename F>
+  void ForEach(F&& f) {
+    if (d_) {
+      for (auto& v : *d_) f(v);
+    }
+  }
+
+ private:
+  std::unique_ptr<std::deque<T>> d_;
+};
+
 void RunOnSession(const std::shared_ptr<LoopState>& st, uint64_t sid,
                   absl::AnyInvocable<void(MqttSession&)> fn);
 void PostDelivery(const std::shared_ptr<LoopState>& st, Delivery d);
@@ -264,15 +290,15 @@ class MqttSession final : public MqttServer::Endpoint {
     const v1::Message& m = *out.message;
     if (persistent_ && out.shared_key.empty() && m.offset() != 0) {
       uint32_t p = m.partition();
-      if (auto it = catchup_.find(p); it != catchup_.end()) {
+      if (auto it = P().catchup.find(p); it != P().catchup.end()) {
         // Read by the catch-up instead; remember that live delivery got this far.
         it->second.max_dropped = std::max(it->second.max_dropped, m.offset());
         return;
       }
-      if (auto s = skip_through_.find(p); s != skip_through_.end() && m.offset() <= s->second) {
+      if (auto s = P().skip_through.find(p); s != P().skip_through.end() && m.offset() <= s->second) {
         return;  // already delivered by the catch-up
       }
-      uint64_t& done = processed_[p];
+      uint64_t& done = P().processed[p];
       done = std::max(done, m.offset());
       out.from_log = true;
     }
@@ -406,8 +432,8 @@ class MqttSession final : public MqttServer::Endpoint {
   void CatchupPage(uint32_t partition, absl::StatusOr<v1::FetchResult> r) {
     fetch_in_flight_ = false;
     if (closing_) return;
-    auto it = catchup_.find(partition);
-    if (it == catchup_.end()) return PumpCatchup();
+    auto it = P().catchup.find(partition);
+    if (it == P().catchup.end()) return PumpCatchup();
     Catchup& c = it->second;
     if (!r.ok()) {
       if (absl::IsOutOfRange(r.status()) || absl::IsInvalidArgument(r.status())) {
@@ -422,7 +448,7 @@ class MqttSession final : public MqttServer::Endpoint {
       return;
     }
     for (auto& m : *r->mutable_messages()) {
-      if (resent_.count({partition, m.offset()})) continue;
+      if (P().resent.count({partition, m.offset()})) continue;
       std::optional<OutMessage> out = MatchOwn(m, nullptr, false);
       if (!out) continue;
       m.set_partition(partition);
@@ -442,7 +468,7 @@ class MqttSession final : public MqttServer::Endpoint {
                    absl::StatusOr<v1::FetchResult> r) {
     fetch_in_flight_ = false;
     if (closing_) return;
-    resend_.pop_front();
+    P().resend.pop_front();
     if (r.ok()) {
       for (auto& m : *r->mutable_messages()) {
         if (m.offset() != offset) continue;
@@ -450,7 +476,7 @@ class MqttSession final : public MqttServer::Endpoint {
         out.qos = static_cast<QoS>(qos);
         out.message = std::make_shared<const v1::Message>(std::move(m));
         out.from_log = true;
-        unacked_[out.message->partition()].insert(offset);
+        P().unacked[out.message->partition()].insert(offset);
         SendOut(std::move(out), packet_id, /*dup=*/true);
         break;
       }
@@ -464,11 +490,11 @@ class MqttSession final : public MqttServer::Endpoint {
   void LiveSnapshot(std::map<uint32_t, v1::PartitionPosition> snapshot) {
     if (closing_) return;
     for (auto& [p, pos] : snapshot) {
-      if (catchup_.count(p)) continue;
-      auto it = safe_.find(p);
-      if (it == safe_.end() || pos.epoch() > it->second.epoch() ||
+      if (P().catchup.count(p)) continue;
+      auto it = P().safe.find(p);
+      if (it == P().safe.end() || pos.epoch() > it->second.epoch() ||
           (pos.epoch() == it->second.epoch() && pos.offset() > it->second.offset())) {
-        safe_[p] = pos;
+        P().safe[p] = pos;
       }
     }
     CommitCursor();
@@ -602,7 +628,7 @@ class MqttSession final : public MqttServer::Endpoint {
     }
     username_ = c.username;
     connecting_ = true;
-    pending_connect_ = std::move(c);
+    pending_connect_ = std::make_unique<mqtt::Connect>(std::move(c));
     const MqttServerOptions& o = hub_->options;
     if (!o.authenticate) {
       ContinueConnect(true);
@@ -668,9 +694,11 @@ class MqttSession final : public MqttServer::Endpoint {
       commit_timer_->Start(o.cursor_commit_interval, o.cursor_commit_interval);
     }
     if (session != nullptr && session_present) Resume(*session);
-    std::deque<mqtt::Packet> deferred = std::move(deferred_);
-    for (auto& p : deferred) {
+    LazyDeque<mqtt::Packet> deferred = std::move(deferred_);
+    while (!deferred.empty()) {
       if (closing_) return;
+      mqtt::Packet p = std::move(deferred.front());
+      deferred.pop_front();
       Handle(p);
     }
     if (deferred_error_ && !closing_) OnDecodeError(*deferred_error_);
@@ -700,7 +728,7 @@ class MqttSession final : public MqttServer::Endpoint {
     }
     for (const auto& f : s.inflight()) {
       uint16_t id = static_cast<uint16_t>(f.packet_id());
-      stored_inflight_.push_back({f.direction(), f.packet_id()});
+      P().stored_inflight.push_back({f.direction(), f.packet_id()});
       if (f.direction() == v1::INFLIGHT_DIRECTION_INBOUND) {
         if (f.state() == v1::INFLIGHT_STATE_AWAITING_REL) awaiting_rel_.insert(id);
         continue;
@@ -712,13 +740,13 @@ class MqttSession final : public MqttServer::Endpoint {
         Send(mqtt::Pubrel{.packet_id = id});
       } else if (f.state() == v1::INFLIGHT_STATE_AWAITING_ACK) {
         reserved_ids_.insert(id);
-        resend_.push_back(f);
-        resent_.insert({f.partition(), f.offset()});
+        P().resend.push_back(f);
+        P().resent.insert({f.partition(), f.offset()});
       }
     }
     for (const auto& pos : s.cursor().positions()) {
-      catchup_[pos.partition()] = Catchup{pos, 0};
-      catchup_order_.push_back(pos.partition());
+      P().catchup[pos.partition()] = Catchup{pos, 0};
+      P().catchup_order.push_back(pos.partition());
     }
     if (pending_filters_ == 0) {
       catchup_ready_ = true;
@@ -911,11 +939,11 @@ class MqttSession final : public MqttServer::Endpoint {
   // The client has the message: it no longer holds the cursor back.
   void Acknowledged(const OutMessage& out) {
     if (!out.from_log || !out.message) return;
-    auto it = unacked_.find(out.message->partition());
-    if (it == unacked_.end()) return;
+    auto it = P().unacked.find(out.message->partition());
+    if (it == P().unacked.end()) return;
     auto one = it->second.find(out.message->offset());
     if (one != it->second.end()) it->second.erase(one);
-    if (it->second.empty()) unacked_.erase(it);
+    if (it->second.empty()) P().unacked.erase(it);
   }
 
   // ------------------------------------------------------------------------------------------
@@ -1223,7 +1251,7 @@ class MqttSession final : public MqttServer::Endpoint {
   void Enqueue(OutMessage out, bool enforce_quota) {
     const MqttServerOptions& o = hub_->options;
     if (o.may_receive && !o.may_receive(client_id_, username_, out.message->topic())) return;
-    if (out.from_log) unacked_[out.message->partition()].insert(out.message->offset());
+    if (out.from_log) P().unacked[out.message->partition()].insert(out.message->offset());
     if (queue_.empty() && (out.qos == QoS::kAtMostOnce || inflight_.size() < window_)) {
       SendOut(std::move(out), 0, false);
       return;
@@ -1327,15 +1355,15 @@ class MqttSession final : public MqttServer::Endpoint {
   }
 
   void FinishCatchup(uint32_t partition, uint64_t through) {
-    auto it = catchup_.find(partition);
-    if (it == catchup_.end()) return;
+    auto it = P().catchup.find(partition);
+    if (it == P().catchup.end()) return;
     v1::PartitionPosition pos = it->second.pos;
     pos.set_offset(std::max(pos.offset(), through));
-    skip_through_[partition] = pos.offset();
-    safe_[partition] = pos;
-    catchup_.erase(it);
-    catchup_order_.erase(std::remove(catchup_order_.begin(), catchup_order_.end(), partition),
-                         catchup_order_.end());
+    P().skip_through[partition] = pos.offset();
+    P().safe[partition] = pos;
+    P().catchup.erase(it);
+    P().catchup_order.erase(std::remove(P().catchup_order.begin(), P().catchup_order.end(), partition),
+                         P().catchup_order.end());
   }
 
   void PumpCatchup() {
@@ -1343,8 +1371,8 @@ class MqttSession final : public MqttServer::Endpoint {
     if (queue_.size() >= window_) return;  // paced by the client
     auto st = loop_state_;
     uint64_t sid = id_;
-    if (!resend_.empty()) {
-      const v1::InflightMessage f = resend_.front();
+    if (!P().resend.empty()) {
+      const v1::InflightMessage f = P().resend.front();
       v1::PartitionPosition after;
       after.set_partition(f.partition());
       after.set_epoch(f.epoch());
@@ -1368,15 +1396,15 @@ class MqttSession final : public MqttServer::Endpoint {
       if (!started) fetch_in_flight_ = false;
       return;
     }
-    if (catchup_order_.empty()) return;
-    uint32_t p = catchup_order_.front();
+    if (P().catchup_order.empty()) return;
+    uint32_t p = P().catchup_order.front();
     std::vector<std::string> filters = OwnFilters();
     if (filters.empty()) {
-      FinishCatchup(p, catchup_[p].max_dropped);
+      FinishCatchup(p, P().catchup[p].max_dropped);
       return PumpCatchup();
     }
     fetch_in_flight_ = true;
-    v1::PartitionPosition after = catchup_[p].pos;
+    v1::PartitionPosition after = P().catchup[p].pos;
     bool started = false;
     hub_->WithCore([&](CoreApi* core) {
       if (core == nullptr) return;
@@ -1412,14 +1440,14 @@ class MqttSession final : public MqttServer::Endpoint {
   // delivered and, at QoS > 0, acknowledged (or is in flight and recorded as such at close).
   std::vector<v1::PartitionPosition> Cursor() const {
     std::map<uint32_t, v1::PartitionPosition> pos;
-    for (const auto& [p, s] : safe_) pos[p] = s;
-    for (const auto& [p, off] : processed_) {
+    for (const auto& [p, s] : P().safe) pos[p] = s;
+    for (const auto& [p, off] : P().processed) {
       v1::PartitionPosition& x = pos[p];
       x.set_partition(p);
       x.set_offset(std::max(x.offset(), off));
     }
-    for (const auto& [p, c] : catchup_) pos[p] = c.pos;
-    for (const auto& [p, offsets] : unacked_) {
+    for (const auto& [p, c] : P().catchup) pos[p] = c.pos;
+    for (const auto& [p, offsets] : P().unacked) {
       if (offsets.empty()) continue;
       auto it = pos.find(p);
       if (it == pos.end()) continue;
@@ -1440,10 +1468,10 @@ class MqttSession final : public MqttServer::Endpoint {
     hub_->WithCore([&](CoreApi* core) {
       if (core == nullptr) return;
       for (uint32_t p : RelevantPartitions(core->partitions())) {
-        if (catchup_.count(p)) continue;
+        if (P().catchup.count(p)) continue;
         if (auto live = core->LivePosition(p)) {
           snapshot[p] = *live;
-        } else if (!safe_.count(p) && !processed_.count(p) && !asked_end_.count(p)) {
+        } else if (!P().safe.count(p) && !P().processed.count(p) && !P().asked_end.count(p)) {
           unknown.push_back(p);
         }
       }
@@ -1452,7 +1480,7 @@ class MqttSession final : public MqttServer::Endpoint {
       auto st = loop_state_;
       uint64_t sid = id_;
       for (uint32_t p : unknown) {
-        asked_end_.insert(p);
+        P().asked_end.insert(p);
         core->Fetch(p, v1::PartitionPosition(), OwnFilters(), 1,
                     [st, sid, p](absl::StatusOr<v1::FetchResult> r) {
                       if (!r.ok()) return;
@@ -1475,20 +1503,20 @@ class MqttSession final : public MqttServer::Endpoint {
   void CommitCursor() {
     v1::SessionUpdate update;
     for (const auto& pos : Cursor()) {
-      auto it = committed_.find(pos.partition());
-      if (it != committed_.end() && it->second.epoch() == pos.epoch() &&
+      auto it = P().committed.find(pos.partition());
+      if (it != P().committed.end() && it->second.epoch() == pos.epoch() &&
           it->second.offset() >= pos.offset()) {
         continue;
       }
-      committed_[pos.partition()] = pos;
+      P().committed[pos.partition()] = pos;
       *update.add_commit_positions() = pos;
     }
     auto now = std::chrono::steady_clock::now();
     // An empty update now and then finds out whether another edge took the session over.
-    if (update.commit_positions_size() == 0 && now - last_update_ < std::chrono::seconds(5)) {
+    if (update.commit_positions_size() == 0 && now - P().last_update < std::chrono::seconds(5)) {
       return;
     }
-    last_update_ = now;
+    P().last_update = now;
     SendUpdate(std::move(update));
   }
 
@@ -1498,7 +1526,7 @@ class MqttSession final : public MqttServer::Endpoint {
     update.set_client_id(client_id_);
     update.set_owner_epoch(epoch_);
     for (const auto& pos : Cursor()) *update.add_commit_positions() = pos;
-    for (const auto& [dir, id] : stored_inflight_) {
+    for (const auto& [dir, id] : P().stored_inflight) {
       v1::InflightRef* r = update.add_remove_inflight();
       r->set_direction(dir);
       r->set_packet_id(id);
@@ -1513,7 +1541,7 @@ class MqttSession final : public MqttServer::Endpoint {
         m->set_state(v1::INFLIGHT_STATE_AWAITING_ACK);
         m->set_partition(f.out.message->partition());
         m->set_offset(f.out.message->offset());
-        if (auto it = safe_.find(f.out.message->partition()); it != safe_.end()) {
+        if (auto it = P().safe.find(f.out.message->partition()); it != P().safe.end()) {
           m->set_epoch(it->second.epoch());
         }
       }
@@ -1585,9 +1613,9 @@ class MqttSession final : public MqttServer::Endpoint {
         Redeliver(std::move(f.out));
       }
     }
-    for (auto& out : queue_) {
+    queue_.ForEach([this](OutMessage& out) {
       if (!out.shared_key.empty()) Redeliver(std::move(out));
-    }
+    });
     if (persistent_) CloseCoreSession();
     subscriptions_.clear();
     hub_->live_sessions.fetch_sub(1);
@@ -1610,8 +1638,8 @@ class MqttSession final : public MqttServer::Endpoint {
   bool assigned_id_ = false;
   bool clean_disconnect_ = false;
   bool has_will_ = false;
-  std::optional<mqtt::Connect> pending_connect_;
-  std::deque<mqtt::Packet> deferred_;
+  std::unique_ptr<mqtt::Connect> pending_connect_;
+  LazyDeque<mqtt::Packet> deferred_;
   std::optional<mqtt::Error> deferred_error_;
   std::string client_id_;
   std::optional<std::string> username_;
@@ -1627,22 +1655,34 @@ class MqttSession final : public MqttServer::Endpoint {
   uint32_t expiry_s_ = 0;
   bool expiry_capped_ = false;
   std::optional<uint32_t> disconnect_expiry_;
-  std::vector<std::pair<v1::InflightDirection, uint32_t>> stored_inflight_;
-  std::map<uint32_t, v1::PartitionPosition> safe_;
-  std::map<uint32_t, uint64_t> processed_;
-  std::map<uint32_t, std::multiset<uint64_t>> unacked_;
-  std::map<uint32_t, v1::PartitionPosition> committed_;
-  std::set<uint32_t> asked_end_;  // partitions whose end was asked from the core
-  std::chrono::steady_clock::time_point last_update_ = std::chrono::steady_clock::now();
   // Catch-up.
   size_t pending_filters_ = 0;
   bool catchup_ready_ = false;
   bool fetch_in_flight_ = false;
-  std::map<uint32_t, Catchup> catchup_;
-  std::deque<uint32_t> catchup_order_;
-  std::map<uint32_t, uint64_t> skip_through_;
-  std::deque<v1::InflightMessage> resend_;
-  std::set<std::pair<uint32_t, uint64_t>> resent_;
+  // Cursor and catch-up state of a session kept in the core; allocated when first used.
+  struct Persistent {
+    std::vector<std::pair<v1::InflightDirection, uint32_t>> stored_inflight;
+    std::map<uint32_t, v1::PartitionPosition> safe;
+    std::map<uint32_t, uint64_t> processed;
+    std::map<uint32_t, std::multiset<uint64_t>> unacked;
+    std::map<uint32_t, v1::PartitionPosition> committed;
+    std::set<uint32_t> asked_end;  // partitions whose end was asked from the core
+    std::chrono::steady_clock::time_point last_update = std::chrono::steady_clock::now();
+    std::map<uint32_t, Catchup> catchup;
+    std::vector<uint32_t> catchup_order;
+    std::map<uint32_t, uint64_t> skip_through;
+    LazyDeque<v1::InflightMessage> resend;
+    std::set<std::pair<uint32_t, uint64_t>> resent;
+  };
+  std::unique_ptr<Persistent> ps_;
+  Persistent& P() {
+    if (!ps_) ps_ = std::make_unique<Persistent>();
+    return *ps_;
+  }
+  const Persistent& P() const {
+    static const Persistent kEmpty;
+    return ps_ ? *ps_ : kEmpty;
+  }
   // Outbound.
   size_t window_ = 64;
   uint32_t client_max_packet_ = 0;  // 0: no limit
@@ -1651,9 +1691,9 @@ class MqttSession final : public MqttServer::Endpoint {
   uint16_t next_packet_id_ = 1;
   std::map<uint16_t, Inflight> inflight_;
   std::set<uint16_t> reserved_ids_;  // in flight in the stored session, being resent
-  std::deque<OutMessage> queue_;
+  LazyDeque<OutMessage> queue_;
   // Inbound.
-  std::deque<InboundAck> inbound_acks_;
+  LazyDeque<InboundAck> inbound_acks_;
   uint64_t inbound_base_ = 0;
   std::set<uint16_t> awaiting_rel_;
   std::set<uint16_t> inbound_publishing_;

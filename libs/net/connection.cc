@@ -41,8 +41,6 @@ Connection::Connection(EventLoop& loop, const ConnectionOptions& options,
       tcp_(new uv_tcp_t) {
   uv_tcp_init(loop_.uv(), tcp_);
   tcp_->data = this;
-  connect_req_.data = this;
-  write_req_.data = this;
   stats_->active.fetch_add(1);
   loop_.Register(this);
   if (tls_ctx_) {
@@ -75,7 +73,9 @@ Connection* Connection::Connect(EventLoop& loop, const SocketAddress& address,
     SSL_set_tlsext_host_name(c->ssl_, server_name.c_str());
     SSL_set1_host(c->ssl_, server_name.c_str());
   }
-  int rc = uv_tcp_connect(&c->connect_req_, c->tcp_, address.sockaddr_ptr(),
+  c->connect_req_ = std::make_unique<uv_connect_t>();
+  c->connect_req_->data = c;
+  int rc = uv_tcp_connect(c->connect_req_.get(), c->tcp_, address.sockaddr_ptr(),
                           [](uv_connect_t* req, int status) {
                             auto* self = static_cast<Connection*>(req->data);
                             if (self->state_ != State::kConnecting) return;  // aborted meanwhile
@@ -294,7 +294,7 @@ bool Connection::SendPlain(std::string_view data, std::string* owned) {
 bool Connection::WriteRaw(std::string_view data, std::string* owned) {
   if (state_ == State::kClosed) return false;
   size_t offset = 0;
-  if (!write_in_flight_ && pending_.empty()) {
+  if (!write_in_flight_ && !has_pending()) {
     // Fast path: write straight from the caller's bytes; queue only the remainder.
     uv_buf_t b = uv_buf_init(const_cast<char*>(data.data()), static_cast<unsigned>(data.size()));
     int n = uv_try_write(reinterpret_cast<uv_stream_t*>(tcp_), &b, 1);
@@ -315,10 +315,11 @@ bool Connection::WriteRaw(std::string_view data, std::string* owned) {
                " bytes exceeded: peer is not reading (slow consumer)")));
     return false;
   }
+  if (!pending_) pending_ = std::make_unique<std::deque<std::string>>();
   if (owned != nullptr && offset == 0) {
-    pending_.push_back(std::move(*owned));
+    pending_->push_back(std::move(*owned));
   } else {
-    pending_.emplace_back(data.substr(offset));
+    pending_->emplace_back(data.substr(offset));
   }
   queued_bytes_ += remaining;
   peak_queued_bytes_ = std::max(peak_queued_bytes_, queued_bytes_);
@@ -331,16 +332,20 @@ bool Connection::WriteRaw(std::string_view data, std::string* owned) {
 }
 
 void Connection::StartWrite() {
-  if (write_in_flight_ || pending_.empty() || state_ == State::kClosed) return;
+  if (write_in_flight_ || !has_pending() || state_ == State::kClosed) return;
   inflight_.clear();
   iov_.clear();
   size_t max = std::min<size_t>(kMaxIov, IOV_MAX);
-  while (!pending_.empty() && inflight_.size() < max) {
-    inflight_.push_back(std::move(pending_.front()));
-    pending_.pop_front();
+  while (!pending_->empty() && inflight_.size() < max) {
+    inflight_.push_back(std::move(pending_->front()));
+    pending_->pop_front();
   }
   for (auto& s : inflight_) iov_.push_back(uv_buf_init(s.data(), static_cast<unsigned>(s.size())));
-  int rc = uv_write(&write_req_, reinterpret_cast<uv_stream_t*>(tcp_), iov_.data(),
+  if (!write_req_) {
+    write_req_ = std::make_unique<uv_write_t>();
+    write_req_->data = this;
+  }
+  int rc = uv_write(write_req_.get(), reinterpret_cast<uv_stream_t*>(tcp_), iov_.data(),
                     static_cast<unsigned>(iov_.size()), [](uv_write_t* req, int status) {
                       static_cast<Connection*>(req->data)->OnWriteDone(status);
                     });

@@ -145,14 +145,16 @@ class Connection final : public LoopResource {
   std::shared_ptr<ConnectionStats> stats_;
   std::unique_ptr<ConnectionHandler> handler_;
   uv_tcp_t* tcp_;  // freed by the close callback
-  uv_connect_t connect_req_{};
-  uv_write_t write_req_{};
+  std::unique_ptr<uv_connect_t> connect_req_;  // outbound connections only
+  std::unique_ptr<uv_write_t> write_req_;  // allocated with the first queued write
   State state_ = State::kConnecting;
   SocketAddress peer_;
   absl::Status close_reason_;
 
   // Write queue: `pending_` waits for the next uv_write; `inflight_` belongs to the current one.
-  std::deque<std::string> pending_;
+  // Allocated on first use: an idle connection should cost little memory.
+  std::unique_ptr<std::deque<std::string>> pending_;
+  bool has_pending() const { return pending_ && !pending_->empty(); }
   std::vector<std::string> inflight_;
   std::vector<uv_buf_t> iov_;
   bool write_in_flight_ = false;
