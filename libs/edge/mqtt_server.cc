@@ -583,8 +583,12 @@ class MqttSession final : public MqttServer::Endpoint {
       // §3.2.2.2 / 3.1.1 §3.2.2.3: answer a bad CONNECT with a CONNACK when one can say why.
       std::optional<Version> v = decoder_.version();
       if (!v) {
+        // An unknown protocol level gets the 3.1.1 "unacceptable protocol version" answer
+        // (§3.1.2.2, 3.1.1 §3.1.2.2); a packet that is not MQTT at all, only the close.
         version_ = Version::kV311;
-        Send(mqtt::Connack{.reason_code = ReasonCode::kUnsupportedProtocolVersion});
+        if (e.reason_code == ReasonCode::kUnsupportedProtocolVersion) {
+          Send(mqtt::Connack{.reason_code = ReasonCode::kUnsupportedProtocolVersion});
+        }
       } else {
         version_ = *v;
         if (version_ == Version::kV5 || mqtt::ConnackReturnCodeV311(e.reason_code).has_value()) {
