@@ -250,7 +250,7 @@ void PartitionStateMachine::ApplyTrim(const v1::TrimCommand& t, rocksdb::WriteBa
 
 absl::StatusOr<FetchOutput> PartitionStateMachine::Fetch(uint64_t after_offset,
                                                          uint64_t until_offset,
-                                                         const std::vector<std::string>& filters,
+                                                         const mqtt::TopicFilterSet& filters,
                                                          int64_t now_unix_ms,
                                                          FetchLimits limits) const {
   FetchOutput out;
@@ -279,7 +279,7 @@ absl::StatusOr<FetchOutput> PartitionStateMachine::Fetch(uint64_t after_offset,
       return absl::DataLossError(
           StrCat("partition ", partition_, ": message ", offset, " is corrupt"));
     }
-    if (!Expired(m, now_unix_ms) && MatchesAny(filters, m.topic())) {
+    if (!Expired(m, now_unix_ms) && filters.Matches(m.topic())) {
       uint64_t size = it->value().size();
       if (!out.messages.empty() &&
           (out.messages.size() >= limits.max_messages || bytes + size > limits.max_bytes)) {

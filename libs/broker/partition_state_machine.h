@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "libs/protocol/mqtt/topic.h"
 #include "herald/v1/broker.pb.h"
 #include "herald/v1/partition.pb.h"
 #include "libs/storage/engine.h"
@@ -124,7 +125,7 @@ class PartitionStateMachine {
   // Messages with after_offset < offset <= until (0: up to the last), matching any of
   // `filters` (MQTT topic filters) and not expired at `now_unix_ms`.
   absl::StatusOr<FetchOutput> Fetch(uint64_t after_offset, uint64_t until_offset,
-                                    const std::vector<std::string>& filters, int64_t now_unix_ms,
+                                    const mqtt::TopicFilterSet& filters, int64_t now_unix_ms,
                                     FetchLimits limits) const;
   // The retained message of `topic`, if any and not expired.
   absl::StatusOr<std::optional<v1::Message>> GetRetained(std::string_view topic,

@@ -44,6 +44,7 @@ class BrokerService::Subscription {
                             StrCat("filter '", f, "': ", err->message));
       }
       filters_.insert(f);
+      filter_set_.Add(f);
     }
     credit_ = static_cast<int64_t>(start.initial_credit_bytes());
     auto hb = std::chrono::milliseconds(start.heartbeat_interval_ms());
@@ -125,7 +126,6 @@ class BrokerService::Subscription {
   Read ReadPartition(uint32_t p, const Part& part, uint64_t max_bytes) {
     std::promise<Read> done;
     auto f = done.get_future();
-    std::vector<std::string> filters(filters_.begin(), filters_.end());
     broker::FetchLimits limits{service_.options_.subscribe_batch_messages, max_bytes};
     int64_t now = UnixMillis(service_.clock_);
     service_.host_.ReadAsync(
@@ -146,7 +146,7 @@ class BrokerService::Subscription {
             r.position = part.mode == v1::START_MODE_LATEST ? sm->last_offset()
                                                             : sm->state().first_offset() - 1;
           }
-          if (r.leader) r.fetch = sm->Fetch(r.position, 0, filters, now, limits);
+          if (r.leader) r.fetch = sm->Fetch(r.position, 0, filter_set_, now, limits);
           done.set_value(std::move(r));
         });
     return f.get();
@@ -160,9 +160,15 @@ class BrokerService::Subscription {
   // Applies the edge's changes; returns false if the stream broke.
   bool ApplyChanges(std::deque<v1::SubscribeChange>& changes) {
     for (const v1::SubscribeChange& c : changes) {
-      for (const std::string& f : c.remove_filters()) filters_.erase(f);
+      for (const std::string& f : c.remove_filters()) {
+        filters_.erase(f);
+        filter_set_.Remove(f);
+      }
       for (const std::string& f : c.add_filters()) {
-        if (!mqtt::ValidateTopicFilter(f).has_value()) filters_.insert(f);
+        if (!mqtt::ValidateTopicFilter(f).has_value()) {
+          filters_.insert(f);
+          filter_set_.Add(f);
+        }
       }
       for (uint32_t p : c.remove_partitions()) Detach(p);
       for (const v1::PartitionStart& ps : c.add_partitions()) Attach(ps);
@@ -316,6 +322,7 @@ class BrokerService::Subscription {
   uint32_t round_start_ = 0;  // partition that started the last read round
   // Writer thread only.
   std::set<std::string> filters_;
+  mqtt::TopicFilterSet filter_set_;  // the same filters, for matching
   std::map<uint32_t, Part> parts_;
   // Shared with the reader thread and watchers.
   std::mutex mu_;

@@ -673,14 +673,15 @@ void CoreClient::RunStream(Stream* s) {
     changes.unlock();
     uint64_t consumed = 0;
     v1::SubscribeResponse resp;
-    std::vector<const v1::Message*> batch;
+    std::vector<v1::Message*> batch;
     while (wrote && s->rw->Read(&resp)) {
       backoff = std::chrono::milliseconds(100);
       switch (resp.event_case()) {
         case v1::SubscribeResponse::kDeliveries: {
           batch.clear();
-          for (const auto& pm : resp.deliveries().partitions()) {
-            for (const auto& m : pm.messages()) {
+          for (auto& pm : *resp.mutable_deliveries()->mutable_partitions()) {
+            for (auto& m : *pm.mutable_messages()) {
+              m.set_partition(pm.partition());
               batch.push_back(&m);
               consumed += m.ByteSizeLong();
             }

@@ -65,7 +65,8 @@ class CoreClient final : public CoreApi {
  public:
   // Called with every batch of messages a Subscribe stream delivers (in offset order per
   // partition). Runs on a stream thread.
-  using DeliveryCallback = std::function<void(const std::vector<const v1::Message*>& messages)>;
+  // The callback may move the messages out.
+  using DeliveryCallback = std::function<void(const std::vector<v1::Message*>& messages)>;
   // OK when every message of the Publish call was committed (duplicates included).
   using PublishCallback = std::function<void(const absl::Status& status)>;
 

@@ -35,7 +35,7 @@ class CoreClientTest : public ::testing::Test {
     o.addresses = {node_->address()};
     o.partitions = 4;
     o.edge_id = "test-edge";
-    client_ = std::make_unique<CoreClient>(o, [this](const std::vector<const v1::Message*>& ms) {
+    client_ = std::make_unique<CoreClient>(o, [this](const std::vector<v1::Message*>& ms) {
       std::lock_guard<std::mutex> l(mu_);
       for (const v1::Message* m : ms) received_[m->topic()].push_back(m->payload());
       cv_.notify_all();

@@ -115,7 +115,7 @@ absl::Status Edge::Start(net::LoopGroup& loops) {
   std::random_device rd;
   co.edge_id = StrCat("edge-", static_cast<uint64_t>(rd()));
   so.edge_id = co.edge_id;
-  core_ = std::make_unique<CoreClient>(co, [this](const std::vector<const v1::Message*>& m) {
+  core_ = std::make_unique<CoreClient>(co, [this](const std::vector<v1::Message*>& m) {
     if (MqttServer* s = deliver_to_.load()) s->Deliver(m);
   });
   server_ = std::make_unique<MqttServer>(so, core_.get());

@@ -259,14 +259,20 @@ class MqttSession final : public MqttServer::Endpoint {
     if (keep_alive_timer_) keep_alive_timer_->Start(keep_alive_timeout_);
     std::vector<mqtt::Packet> packets;
     std::optional<mqtt::Error> error = decoder_.Feed(data, &packets);
+    bool cork = !corked_ && packets.size() > 1;
+    if (cork) Cork();
+    in_read_ = true;
     for (auto& p : packets) {
-      if (closing_) return;
+      if (closing_) break;
       if (connecting_) {
         deferred_.push_back(std::move(p));  // handled once CONNECT is answered
         continue;
       }
       Handle(p);
     }
+    in_read_ = false;
+    FlushQos0();
+    if (cork && corked_) Uncork();
     if (error && !closing_) {
       if (connecting_) {
         deferred_error_ = std::move(error);
@@ -536,17 +542,34 @@ class MqttSession final : public MqttServer::Endpoint {
 
   bool Send(const mqtt::Packet& packet) {
     std::string out;
-    absl::Status s = mqtt::Encode(packet, version_, &out);
+    absl::Status s = mqtt::Encode(packet, version_, corked_ ? &out_buf_ : &out);
     if (!s.ok()) {
       spdlog::error("mqtt {}: cannot encode {}: {}", peer_,
                     mqtt::PacketTypeName(mqtt::TypeOf(packet)), s);
       return false;
     }
+    if (corked_) return true;
     return transport_->Send(std::move(out));
   }
 
+ public:
+  // Between Cork and Uncork, packets are gathered and written to the connection at once (one
+  // write system call for a batch of deliveries or for the answers to one read).
+  bool corked() const { return corked_; }
+  void Cork() { corked_ = true; }
+  void Uncork() {
+    corked_ = false;
+    if (!out_buf_.empty()) {
+      std::string out = std::move(out_buf_);
+      out_buf_.clear();
+      transport_->Send(std::move(out));
+    }
+  }
+
+ private:
   void CloseNow() {
     closing_ = true;
+    if (corked_) Uncork();
     transport_->Close();
   }
 
@@ -828,17 +851,15 @@ class MqttSession final : public MqttServer::Endpoint {
     v1::Message m = ToMessage(std::move(p.topic), std::move(p.payload), p.qos, p.retain,
                               p.properties);
     m.set_publisher_client_id(client_id_);
-    std::vector<v1::Message> batch;
-    batch.push_back(std::move(m));
     if (p.qos == QoS::kAtMostOnce) {
-      hub_->WithCore([&](CoreApi* core) {
-        if (core == nullptr) return;
-        core->Publish(std::move(batch), [](const absl::Status& s) {
-          if (!s.ok()) spdlog::debug("mqtt: QoS 0 publish failed: {}", s);
-        });
-      });
+      // QoS 0 messages of one read go to the core together.
+      qos0_batch_.push_back(std::move(m));
+      if (!in_read_) FlushQos0();
       return;
     }
+    FlushQos0();  // keeps the client's order
+    std::vector<v1::Message> batch;
+    batch.push_back(std::move(m));
     uint64_t seq = inbound_base_ + inbound_acks_.size();
     inbound_acks_.push_back(InboundAck{.packet_id = p.packet_id, .qos = p.qos});
     if (p.qos == QoS::kExactlyOnce) inbound_publishing_.insert(p.packet_id);
@@ -853,6 +874,18 @@ class MqttSession final : public MqttServer::Endpoint {
       });
     });
     if (!sent) InboundPublishDone(seq, absl::UnavailableError("server stopping"));
+  }
+
+  void FlushQos0() {
+    if (qos0_batch_.empty()) return;
+    std::vector<v1::Message> batch = std::move(qos0_batch_);
+    qos0_batch_.clear();
+    hub_->WithCore([&](CoreApi* core) {
+      if (core == nullptr) return;
+      core->Publish(std::move(batch), [](const absl::Status& s) {
+        if (!s.ok()) spdlog::debug("mqtt: QoS 0 publish failed: {}", s);
+      });
+    });
   }
 
   // §4.6: PUBACKs and PUBRECs go out in the order the PUBLISHes came.
@@ -1642,6 +1675,10 @@ class MqttSession final : public MqttServer::Endpoint {
   bool assigned_id_ = false;
   bool clean_disconnect_ = false;
   bool has_will_ = false;
+  bool corked_ = false;
+  bool in_read_ = false;
+  std::string out_buf_;
+  std::vector<v1::Message> qos0_batch_;
   std::unique_ptr<mqtt::Connect> pending_connect_;
   LazyDeque<mqtt::Packet> deferred_;
   std::optional<mqtt::Error> deferred_error_;
@@ -1842,8 +1879,8 @@ void MqttServer::PublishSys() {
     m.set_retain(true);
     messages.push_back(std::move(m));
   }
-  std::vector<const v1::Message*> ptrs;
-  for (const auto& m : messages) ptrs.push_back(&m);
+  std::vector<v1::Message*> ptrs;
+  for (auto& m : messages) ptrs.push_back(&m);
   Deliver(ptrs);
 }
 
@@ -1878,7 +1915,7 @@ void MqttServer::Stop() {
   hub_->core = nullptr;
 }
 
-void MqttServer::Deliver(const std::vector<const v1::Message*>& messages) {
+void MqttServer::Deliver(const std::vector<v1::Message*>& messages) {
   std::map<LoopState*, std::vector<Delivery>> by_loop;
   {
     std::lock_guard<std::mutex> l(hub_->mu);
@@ -1889,7 +1926,7 @@ void MqttServer::Deliver(const std::vector<const v1::Message*>& messages) {
     };
     std::map<std::pair<LoopState*, uint64_t>, Target> targets;
     std::vector<SharedGroup*> groups;
-    for (const v1::Message* m : messages) {
+    for (v1::Message* m : messages) {
       targets.clear();
       groups.clear();
       hub_->trie.Match(m->topic(), [&](const SubRef& r) {
@@ -1901,8 +1938,8 @@ void MqttServer::Deliver(const std::vector<const v1::Message*>& messages) {
       });
       hub_->shared_trie.Match(m->topic(), [&](SharedGroup* g) { groups.push_back(g); });
       if (targets.empty() && groups.empty()) continue;
-      auto shared = std::make_shared<const v1::Message>(*m);
-      uint8_t mq = static_cast<uint8_t>(m->qos());
+      auto shared = std::make_shared<const v1::Message>(std::move(*m));
+      uint8_t mq = static_cast<uint8_t>(shared->qos());
       for (auto& [key, t] : targets) {
         OutMessage out;
         out.qos = static_cast<QoS>(std::min(t.qos, mq));
@@ -1916,7 +1953,7 @@ void MqttServer::Deliver(const std::vector<const v1::Message*>& messages) {
         const SubRef& r = g->members[g->next++ % g->members.size()];
         OutMessage out;
         out.qos = static_cast<QoS>(std::min(r.qos, mq));
-        out.retain = r.retain_as_published && m->retain();
+        out.retain = r.retain_as_published && shared->retain();
         if (r.subscription_id != 0) out.subscription_ids.push_back(r.subscription_id);
         out.message = shared;
         out.shared_key = g->key;
@@ -1928,9 +1965,20 @@ void MqttServer::Deliver(const std::vector<const v1::Message*>& messages) {
     std::shared_ptr<LoopState> st = hub_->StateOf(raw);
     if (!st) continue;
     st->loop->Post([st, d = std::move(deliveries)]() mutable {
+      std::vector<MqttSession*> corked;
       for (auto& one : d) {
         auto it = st->sessions.find(one.session_id);
-        if (it != st->sessions.end()) it->second->Deliver(std::move(one.out));
+        if (it == st->sessions.end()) continue;
+        MqttSession* s = it->second;
+        if (!s->corked()) {
+          s->Cork();
+          corked.push_back(s);
+        }
+        s->Deliver(std::move(one.out));
+      }
+      // A session closed meanwhile stays in memory until its connection's close callback.
+      for (MqttSession* s : corked) {
+        if (s->corked()) s->Uncork();
       }
     });
   }

@@ -89,8 +89,8 @@ class MqttServer {
   // Stops accepting, closes every client connection and waits (bounded) for them to go.
   void Stop();
 
-  // Hands messages the core delivered to the local subscribers. Thread-safe.
-  void Deliver(const std::vector<const v1::Message*>& messages);
+  // Hands messages the core delivered to the local subscribers (moving them out). Thread-safe.
+  void Deliver(const std::vector<v1::Message*>& messages);
 
   // The MQTT session for a connection that another protocol's handler accepted (MQTT over
   // WebSocket): bytes in through `OnBytes`, bytes out through `send`, closing through `close`.

@@ -41,8 +41,8 @@ class FakeCore : public CoreApi {
         return;
       }
     }
-    std::vector<const v1::Message*> ptrs;
-    for (const auto& m : messages) ptrs.push_back(&m);
+    std::vector<v1::Message*> ptrs;
+    for (auto& m : messages) ptrs.push_back(&m);
     if (server_ != nullptr) server_->Deliver(ptrs);
     if (done) done(absl::OkStatus());
   }

@@ -1,5 +1,7 @@
 #include "libs/protocol/mqtt/topic.h"
 
+#include <algorithm>
+
 #include <cstdint>
 #include <string>
 
@@ -156,6 +158,47 @@ bool TopicMatches(std::string_view filter, std::string_view name) {
     // When the name is exhausted, the next filter level must be "#" to match.
     n = n_last ? name.size() + 1 : n_end + 1;
   }
+}
+
+TopicFilterSet::TopicFilterSet(const std::vector<std::string>& filters) {
+  for (const auto& f : filters) Add(f);
+}
+
+TopicFilterSet::TopicFilterSet(std::initializer_list<std::string> filters) {
+  for (const auto& f : filters) Add(f);
+}
+
+void TopicFilterSet::Add(std::string_view filter) {
+  if (filter.find_first_of("+#") == std::string_view::npos) {
+    exact_.emplace(filter);
+  } else if (std::find(wildcard_.begin(), wildcard_.end(), filter) == wildcard_.end()) {
+    wildcard_.emplace_back(filter);
+  }
+}
+
+bool TopicFilterSet::Remove(std::string_view filter) {
+  if (auto it = exact_.find(filter); it != exact_.end()) {
+    exact_.erase(it);
+    return true;
+  }
+  auto it = std::find(wildcard_.begin(), wildcard_.end(), filter);
+  if (it == wildcard_.end()) return false;
+  wildcard_.erase(it);
+  return true;
+}
+
+bool TopicFilterSet::Matches(std::string_view topic) const {
+  if (exact_.find(topic) != exact_.end()) return true;
+  for (const auto& f : wildcard_) {
+    if (TopicMatches(f, topic)) return true;
+  }
+  return false;
+}
+
+std::vector<std::string> TopicFilterSet::ToVector() const {
+  std::vector<std::string> out(exact_.begin(), exact_.end());
+  out.insert(out.end(), wildcard_.begin(), wildcard_.end());
+  return out;
 }
 
 }  // namespace herald::mqtt

@@ -2,8 +2,12 @@
 // and the UTF-8 rules every MQTT string follows (§1.5.4). Pure functions, safe on any thread.
 #pragma once
 
+#include <initializer_list>
 #include <optional>
+#include <string>
 #include <string_view>
+#include <unordered_set>
+#include <vector>
 
 #include "libs/protocol/mqtt/packet.h"
 
@@ -50,5 +54,31 @@ std::optional<Error> ParseSharedSubscription(std::string_view topic_filter,
 // (§4.7.2). Both arguments are assumed valid (ValidateTopicName / ValidateTopicFilter); shared
 // subscriptions must be split first.
 bool TopicMatches(std::string_view filter, std::string_view name);
+
+// A set of valid topic filters (shared-subscription prefixes stripped) matched against topic
+// names: filters without wildcards by one hash lookup, the others one by one with TopicMatches.
+// Not thread-safe for writes; const methods may be called concurrently.
+class TopicFilterSet {
+ public:
+  TopicFilterSet() = default;
+  TopicFilterSet(const std::vector<std::string>& filters);  // NOLINT: implicit on purpose
+  TopicFilterSet(std::initializer_list<std::string> filters);
+
+  void Add(std::string_view filter);
+  // Returns whether it was there.
+  bool Remove(std::string_view filter);
+  bool Matches(std::string_view topic) const;
+  bool empty() const { return exact_.empty() && wildcard_.empty(); }
+  size_t size() const { return exact_.size() + wildcard_.size(); }
+  std::vector<std::string> ToVector() const;
+
+ private:
+  struct Hash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  std::unordered_set<std::string, Hash, std::equal_to<>> exact_;
+  std::vector<std::string> wildcard_;
+};
 
 }  // namespace herald::mqtt
