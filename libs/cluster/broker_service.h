@@ -15,8 +15,10 @@
 
 #include <functional>
 #include <map>
+#include <mutex>
 #include <string>
 
+#include "absl/base/thread_annotations.h"
 #include "herald/v1/broker.grpc.pb.h"
 #include "libs/cluster/raft_host.h"
 #include "libs/cluster/session_manager.h"
@@ -101,6 +103,17 @@ class BrokerService final : public BrokerServiceBase {
   const BrokerServiceOptions options_;
   Clock& clock_;
   SessionManager* const sessions_;
+
+  // Shared subscriptions ($share/{group}/{filter}, MQTT 5.0 §4.8.2) across edges: the edges
+  // whose Subscribe streams on this node hold each one. A message of a partition this node
+  // leads goes to one of them, picked by its offset, so each edge's members together get each
+  // message once cluster-wide (then the edge picks one of its members).
+  std::mutex shared_mu_;
+  std::map<std::string, std::map<std::string, int>> shared_members_ ABSL_GUARDED_BY(shared_mu_);
+  void AddSharedMember(const std::string& key, const std::string& edge_id);
+  void RemoveSharedMember(const std::string& key, const std::string& edge_id);
+  // Whether `edge_id` is the member of `key` that gets the message at `offset`.
+  bool SharedTurn(const std::string& key, const std::string& edge_id, uint64_t offset);
 };
 
 }  // namespace herald::cluster

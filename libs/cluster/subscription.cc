@@ -43,9 +43,10 @@ class BrokerService::Subscription {
         return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT,
                             StrCat("filter '", f, "': ", err->message));
       }
-      filters_.insert(f);
-      filter_set_.Add(f);
+      AddFilter(f);
     }
+    edge_id_ = start.edge_id();
+    RebuildFetchSet();
     credit_ = static_cast<int64_t>(start.initial_credit_bytes());
     auto hb = std::chrono::milliseconds(start.heartbeat_interval_ms());
     if (hb.count() == 0) hb = service_.options_.heartbeat_default;
@@ -56,6 +57,7 @@ class BrokerService::Subscription {
     WriteLoop();
     ctx_->TryCancel();  // unblocks the reader
     reader.join();
+    LeaveSharedGroups();
     for (auto& [p, part] : parts_) service_.host_.RemoveWatcher(GroupForPartition(p), part.watcher);
     return grpc::Status::OK;
   }
@@ -146,7 +148,7 @@ class BrokerService::Subscription {
             r.position = part.mode == v1::START_MODE_LATEST ? sm->last_offset()
                                                             : sm->state().first_offset() - 1;
           }
-          if (r.leader) r.fetch = sm->Fetch(r.position, 0, filter_set_, now, limits);
+          if (r.leader) r.fetch = sm->Fetch(r.position, 0, fetch_set_, now, limits);
           done.set_value(std::move(r));
         });
     return f.get();
@@ -160,16 +162,11 @@ class BrokerService::Subscription {
   // Applies the edge's changes; returns false if the stream broke.
   bool ApplyChanges(std::deque<v1::SubscribeChange>& changes) {
     for (const v1::SubscribeChange& c : changes) {
-      for (const std::string& f : c.remove_filters()) {
-        filters_.erase(f);
-        filter_set_.Remove(f);
-      }
+      for (const std::string& f : c.remove_filters()) RemoveFilter(f);
       for (const std::string& f : c.add_filters()) {
-        if (!mqtt::ValidateTopicFilter(f).has_value()) {
-          filters_.insert(f);
-          filter_set_.Add(f);
-        }
+        if (!mqtt::ValidateTopicFilter(f).has_value()) AddFilter(f);
       }
+      RebuildFetchSet();
       for (uint32_t p : c.remove_partitions()) Detach(p);
       for (const v1::PartitionStart& ps : c.add_partitions()) Attach(ps);
       // Resolve new partitions now, so the switch positions are real offsets.
@@ -193,6 +190,52 @@ class BrokerService::Subscription {
       if (!Write(resp)) return false;
     }
     return true;
+  }
+
+  void AddFilter(const std::string& f) {
+    if (!filters_.insert(f).second) return;
+    mqtt::SharedSubscription shared;
+    if (mqtt::IsSharedSubscription(f) && !mqtt::ParseSharedSubscription(f, &shared).has_value()) {
+      shared_[f] = std::string(shared.topic_filter);
+      if (!edge_id_.empty()) service_.AddSharedMember(f, edge_id_);
+      return;
+    }
+    plain_set_.Add(f);
+  }
+
+  void RemoveFilter(const std::string& f) {
+    if (filters_.erase(f) == 0) return;
+    if (shared_.erase(f) > 0) {
+      service_.RemoveSharedMember(f, edge_id_);
+      return;
+    }
+    plain_set_.Remove(f);
+  }
+
+  void RebuildFetchSet() {
+    fetch_set_ = plain_set_;
+    for (const auto& [key, filter] : shared_) fetch_set_.Add(filter);
+    if (!registered_ && !edge_id_.empty()) {
+      registered_ = true;
+      for (const auto& [key, filter] : shared_) service_.AddSharedMember(key, edge_id_);
+    }
+  }
+
+  // Whether the stream carries `m`: a plain filter matches it, or a shared subscription whose
+  // turn it is at this offset (named in m.shared_subscriptions for the edge).
+  bool Select(v1::Message& m) {
+    bool plain = plain_set_.Matches(m.topic());
+    for (const auto& [key, filter] : shared_) {
+      if (mqtt::TopicMatches(filter, m.topic()) &&
+          service_.SharedTurn(key, edge_id_, m.offset())) {
+        m.add_shared_subscriptions(key);
+      }
+    }
+    return plain || m.shared_subscriptions_size() > 0;
+  }
+
+  void LeaveSharedGroups() {
+    for (const auto& [key, filter] : shared_) service_.RemoveSharedMember(key, edge_id_);
   }
 
   void WriteLoop() {
@@ -271,9 +314,10 @@ class BrokerService::Subscription {
           v1::PartitionMessages* pm = deliveries.mutable_deliveries()->add_partitions();
           pm->set_partition(p);
           pm->set_epoch(r.epoch);
-          for (const v1::Message& m : out.messages) {
+          for (v1::Message& m : r.fetch->messages) {
+            if (!Select(m)) continue;  // read only for a shared subscription: not this edge's turn
             spent += static_cast<int64_t>(m.ByteSizeLong());
-            *pm->add_messages() = m;
+            *pm->add_messages() = std::move(m);
           }
           pm->set_evaluated_through(out.evaluated_through);
         }
@@ -320,9 +364,13 @@ class BrokerService::Subscription {
   std::chrono::milliseconds heartbeat_{5000};
   std::chrono::steady_clock::time_point last_write_;
   uint32_t round_start_ = 0;  // partition that started the last read round
+  bool registered_ = false;   // shared_ entered in the service's registry
   // Writer thread only.
   std::set<std::string> filters_;
-  mqtt::TopicFilterSet filter_set_;  // the same filters, for matching
+  std::string edge_id_;
+  mqtt::TopicFilterSet plain_set_;  // filters_ without the shared subscriptions
+  std::map<std::string, std::string> shared_;  // $share/{group}/{filter} -> filter
+  mqtt::TopicFilterSet fetch_set_;  // plain_set_ and the filters of shared_: what to read
   std::map<uint32_t, Part> parts_;
   // Shared with the reader thread and watchers.
   std::mutex mu_;
@@ -338,6 +386,30 @@ grpc::Status BrokerService::Subscribe(
     grpc::ServerReaderWriter<v1::SubscribeResponse, v1::SubscribeRequest>* stream) {
   Subscription sub(*this, ctx, stream);
   return sub.Run();
+}
+
+void BrokerService::AddSharedMember(const std::string& key, const std::string& edge_id) {
+  std::lock_guard<std::mutex> l(shared_mu_);
+  ++shared_members_[key][edge_id];
+}
+
+void BrokerService::RemoveSharedMember(const std::string& key, const std::string& edge_id) {
+  std::lock_guard<std::mutex> l(shared_mu_);
+  auto it = shared_members_.find(key);
+  if (it == shared_members_.end()) return;
+  auto m = it->second.find(edge_id);
+  if (m != it->second.end() && --m->second <= 0) it->second.erase(m);
+  if (it->second.empty()) shared_members_.erase(it);
+}
+
+bool BrokerService::SharedTurn(const std::string& key, const std::string& edge_id,
+                               uint64_t offset) {
+  std::lock_guard<std::mutex> l(shared_mu_);
+  auto it = shared_members_.find(key);
+  if (it == shared_members_.end() || it->second.empty()) return true;
+  auto m = it->second.begin();
+  std::advance(m, static_cast<long>(offset % it->second.size()));
+  return m->first == edge_id;
 }
 
 }  // namespace herald::cluster

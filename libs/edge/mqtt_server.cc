@@ -148,7 +148,6 @@ struct MqttServer::Hub {
 
   std::mutex mu;
   mqtt::TopicTrie<SubRef> trie ABSL_GUARDED_BY(mu);
-  mqtt::TopicTrie<SharedGroup*> shared_trie ABSL_GUARDED_BY(mu);
   std::map<std::string, std::unique_ptr<SharedGroup>> shared_groups ABSL_GUARDED_BY(mu);
   struct Owner {
     LoopState* loop_state;
@@ -744,7 +743,7 @@ class MqttSession final : public MqttServer::Endpoint {
       if (!SplitFilter(sub.filter(), &state)) continue;
       Index(state, /*insert=*/true);
       ++pending_filters_;
-      std::string filter = state.filter;
+      std::string filter = CoreFilter(state);
       subscriptions_[sub.filter()] = std::move(state);
       AddCoreFilter(filter, [this] {
         if (--pending_filters_ == 0) {
@@ -999,6 +998,12 @@ class MqttSession final : public MqttServer::Endpoint {
     return true;
   }
 
+  // What the core's streams carry for a subscription: its filter, or for a shared one the whole
+  // `$share/{group}/{filter}`, so that the core gives each message to one edge of the group.
+  static const std::string& CoreFilter(const SubState& s) {
+    return s.shared_key.empty() ? s.filter : s.shared_key;
+  }
+
   SubRef RefOf(const SubState& s) const {
     return SubRef{loop_state_.get(),
                   id_,
@@ -1025,7 +1030,6 @@ class MqttSession final : public MqttServer::Endpoint {
       if (it == hub_->shared_groups.end()) {
         auto g = std::make_unique<SharedGroup>();
         g->key = s.shared_key;
-        hub_->shared_trie.Insert(s.filter, g.get());
         it = hub_->shared_groups.emplace(s.shared_key, std::move(g)).first;
       }
       it->second->members.push_back(RefOf(s));
@@ -1034,10 +1038,7 @@ class MqttSession final : public MqttServer::Endpoint {
     if (it == hub_->shared_groups.end()) return;
     auto& members = it->second->members;
     members.erase(std::remove(members.begin(), members.end(), RefOf(s)), members.end());
-    if (members.empty()) {
-      hub_->shared_trie.Remove(s.filter, it->second.get());
-      hub_->shared_groups.erase(it);
-    }
+    if (members.empty()) hub_->shared_groups.erase(it);
   }
 
   void AddCoreFilter(const std::string& filter, absl::AnyInvocable<void()> on_applied) {
@@ -1096,7 +1097,7 @@ class MqttSession final : public MqttServer::Endpoint {
       if (existed) {
         Index(it->second, /*insert=*/false);  // §3.8.4: replaced
       } else {
-        to_apply.push_back(state.filter);
+        to_apply.push_back(CoreFilter(state));
         hub_->subscriptions.fetch_add(1, std::memory_order_relaxed);
       }
       Index(state, /*insert=*/true);
@@ -1168,7 +1169,7 @@ class MqttSession final : public MqttServer::Endpoint {
         continue;
       }
       Index(it->second, /*insert=*/false);
-      RemoveCoreFilter(it->second.filter);
+      RemoveCoreFilter(CoreFilter(it->second));
       subscriptions_.erase(it);
       hub_->subscriptions.fetch_sub(1, std::memory_order_relaxed);
       if (persistent_) update.add_remove_subscriptions(f);
@@ -1641,7 +1642,7 @@ class MqttSession final : public MqttServer::Endpoint {
         if (it != hub_->clients.end() && it->second.session_id == id_) hub_->clients.erase(it);
       }
     }
-    for (const auto& [f, s] : subscriptions_) RemoveCoreFilter(s.filter);
+    for (const auto& [f, s] : subscriptions_) RemoveCoreFilter(CoreFilter(s));
     hub_->subscriptions.fetch_sub(subscriptions_.size(), std::memory_order_relaxed);
     // What a shared subscription gave this session and it did not acknowledge goes to another
     // member (§4.8.2).
@@ -1929,6 +1930,11 @@ void MqttServer::Deliver(const std::vector<v1::Message*>& messages) {
     for (v1::Message* m : messages) {
       targets.clear();
       groups.clear();
+      // The core names the shared subscriptions that get this message on this edge.
+      for (const std::string& key : m->shared_subscriptions()) {
+        auto g = hub_->shared_groups.find(key);
+        if (g != hub_->shared_groups.end()) groups.push_back(g->second.get());
+      }
       hub_->trie.Match(m->topic(), [&](const SubRef& r) {
         if (r.no_local && *r.client_id == m->publisher_client_id()) return;  // §3.8.3.1
         Target& t = targets[{r.loop_state, r.session_id}];
@@ -1936,7 +1942,6 @@ void MqttServer::Deliver(const std::vector<v1::Message*>& messages) {
         if (r.retain_as_published && m->retain()) t.retain = true;  // §3.8.3.1
         if (r.subscription_id != 0) t.ids.push_back(r.subscription_id);
       });
-      hub_->shared_trie.Match(m->topic(), [&](SharedGroup* g) { groups.push_back(g); });
       if (targets.empty() && groups.empty()) continue;
       auto shared = std::make_shared<const v1::Message>(std::move(*m));
       uint8_t mq = static_cast<uint8_t>(shared->qos());

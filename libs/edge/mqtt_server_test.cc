@@ -42,7 +42,18 @@ class FakeCore : public CoreApi {
       }
     }
     std::vector<v1::Message*> ptrs;
-    for (auto& m : messages) ptrs.push_back(&m);
+    for (auto& m : messages) {
+      // As the core does: name the shared subscriptions the message is given to.
+      std::lock_guard<std::mutex> l(mu_);
+      for (const auto& [f, refs] : filters_) {
+        mqtt::SharedSubscription shared;
+        if (mqtt::IsSharedSubscription(f) && !mqtt::ParseSharedSubscription(f, &shared) &&
+            mqtt::TopicMatches(shared.topic_filter, m.topic())) {
+          m.add_shared_subscriptions(f);
+        }
+      }
+      ptrs.push_back(&m);
+    }
     if (server_ != nullptr) server_->Deliver(ptrs);
     if (done) done(absl::OkStatus());
   }

@@ -489,6 +489,60 @@ def check_stream(payloads):
     return errors
 
 
+def run_shared(bin_dir):
+    """$share/g/... with one member on each edge: every message reaches exactly one member."""
+    cluster = Cluster(bin_dir, "shared")
+    try:
+        got = {0: [], 1: []}
+        lock = threading.Lock()
+        members = []
+        for j in range(EDGES):
+            c = mqtt.Client(client_id="member-%d" % j, protocol=mqtt.MQTTv5)
+
+            def on_message(cl, userdata, msg, j=j):
+                with lock:
+                    got[j].append(int(msg.payload))
+
+            c.on_message = on_message
+            connect_wait(c, cluster.edge_mqtt[j], mqtt.MQTTv5, clean=True)
+            subscribed = threading.Event()
+            c.on_subscribe = lambda *a: subscribed.set()
+            c.subscribe("$share/g/shared/t", qos=1)
+            if not subscribed.wait(10):
+                raise AssertionError("no SUBACK for the shared subscription on edge %d" % (j + 1))
+            members.append(c)
+        time.sleep(1.0)  # both edges' streams carry the group on every core node
+        pub = mqtt.Client(client_id="shared-pub", protocol=mqtt.MQTTv5)
+        connect_wait(pub, cluster.edge_mqtt[0], mqtt.MQTTv5, clean=True)
+        total = 200
+        for i in range(total):
+            pub.publish("shared/t", str(i), qos=1).wait_for_publish(10)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            with lock:
+                if len(got[0]) + len(got[1]) >= total:
+                    break
+            time.sleep(0.1)
+        time.sleep(0.5)  # anything extra (a duplicate) arrives now
+        with lock:
+            a, b = list(got[0]), list(got[1])
+        print("shared subscription: edge 1 member got %d, edge 2 member got %d" % (len(a), len(b)),
+              flush=True)
+        both = a + b
+        if sorted(both) != list(range(total)):
+            missing = sorted(set(range(total)) - set(both))
+            dup = sorted(i for i in set(both) if both.count(i) > 1)
+            raise AssertionError("shared delivery: %d messages, missing %s, duplicated %s" %
+                                 (len(both), missing[:20], dup[:20]))
+        if not a or not b:
+            raise AssertionError("one member got nothing: %d / %d" % (len(a), len(b)))
+        for c in members + [pub]:
+            disconnect_wait(c)
+    finally:
+        cluster.stop()
+        cluster.cleanup()
+
+
 def main():
     bin_dir = sys.argv[1]
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
@@ -498,6 +552,13 @@ def main():
         ("MQTT 3.1.1 persistent session (clean_session=0), back through edge 1", mqtt.MQTTv311),
     ]
     passed = failed = 0
+    try:
+        run_shared(bin_dir)
+        print("ok   shared subscription across two edges", flush=True)
+        passed += 1
+    except Exception as e:
+        print("FAIL shared subscription across two edges: %s" % e, flush=True)
+        failed += 1
     for name, version in variants:
         try:
             run_variant(bin_dir, version)
