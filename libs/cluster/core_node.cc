@@ -34,6 +34,7 @@ void CoreNodeConfig::AddOptions(ConfigSchema& schema) {
              "fsync every Raft write batch. Turning it off risks acknowledged messages on power "
              "loss.");
   schema.Add("storage.block_cache", &storage_block_cache, "RocksDB block cache size.");
+  grpc_tls.AddOptions(schema);
 }
 
 std::vector<raft::NodeId> PlaceReplicas(uint32_t partition, const std::vector<raft::NodeId>& nodes,
@@ -89,6 +90,10 @@ absl::Status CoreNode::Start(const std::string& data_dir) {
   std::vector<raft::NodeId> nodes;
   for (const auto& [id, addr] : *peers) nodes.push_back(id);
   peers_single_node_ = nodes.size() == 1;
+  auto server_credentials = config_.grpc_tls.ServerCredentials();
+  if (!server_credentials.ok()) return server_credentials.status();
+  auto channel_credentials = config_.grpc_tls.ChannelCredentials();
+  if (!channel_credentials.ok()) return channel_credentials.status();
 
   storage::EngineOptions eo;
   eo.path = data_dir + "/db";
@@ -98,7 +103,8 @@ absl::Status CoreNode::Start(const std::string& data_dir) {
   if (!engine.ok()) return engine.status();
   engine_ = std::move(*engine);
 
-  transport_ = std::make_unique<GrpcRaftTransport>(config_.node_id, config_.cluster_id, *peers);
+  transport_ = std::make_unique<GrpcRaftTransport>(config_.node_id, config_.cluster_id, *peers,
+                                                   *channel_credentials);
   RaftHostOptions ho;
   ho.node_id = config_.node_id;
   ho.tick = std::chrono::milliseconds(absl::ToInt64Milliseconds(config_.raft_tick));
@@ -123,6 +129,7 @@ absl::Status CoreNode::Start(const std::string& data_dir) {
   so.node_id = config_.node_id;
   so.partition_count = bo.partition_count;
   so.broker_addresses = *peers;
+  so.channel_credentials = *channel_credentials;
   so.lease = std::chrono::milliseconds(absl::ToInt64Milliseconds(config_.session_lease));
   so.timer_interval =
       std::chrono::milliseconds(absl::ToInt64Milliseconds(config_.session_timer_interval));
@@ -138,7 +145,7 @@ absl::Status CoreNode::Start(const std::string& data_dir) {
 
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(config_.listen, grpc::InsecureServerCredentials(), &port);
+  builder.AddListeningPort(config_.listen, *server_credentials, &port);
   builder.RegisterService(raft_service_.get());
   builder.RegisterService(broker_service_.get());
   builder.RegisterService(admin_service_.get());
@@ -156,8 +163,9 @@ absl::Status CoreNode::Start(const std::string& data_dir) {
     metrics_source_->host = host_.get();
     metrics_source_->engine = engine_.get();
   }
-  spdlog::info("core node {} listening on {} ({} of {} partitions, {} node(s))", config_.node_id,
-               address_, replicas, config_.partitions, nodes.size());
+  spdlog::info("core node {} listening on {} ({} of {} partitions, {} node(s), gRPC {})",
+               config_.node_id, address_, replicas, config_.partitions, nodes.size(),
+               config_.grpc_tls.enabled() ? "mutual TLS" : "plaintext");
   return absl::OkStatus();
 }
 

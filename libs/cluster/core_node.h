@@ -22,6 +22,7 @@
 #include "libs/cluster/raft_host.h"
 #include "libs/cluster/session_manager.h"
 #include "libs/common/config.h"
+#include "libs/common/grpc_tls.h"
 #include "libs/storage/engine.h"
 
 namespace herald::cluster {
@@ -43,8 +44,11 @@ struct CoreNodeConfig {
   absl::Duration session_timer_interval = absl::Milliseconds(200);
   bool storage_sync = true;
   ByteSize storage_block_cache{256ull << 20};
+  // Mutual TLS on the gRPC server and on every channel to other nodes (grpc.tls.*).
+  GrpcTlsConfig grpc_tls;
 
-  // Registers the options under "core.", "cluster.", "raft.", "session." and "storage.".
+  // Registers the options under "core.", "cluster.", "raft.", "session.", "storage." and
+  // "grpc.tls.".
   void AddOptions(ConfigSchema& schema);
 };
 

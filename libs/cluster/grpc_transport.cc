@@ -12,7 +12,7 @@ namespace herald::cluster {
 class GrpcRaftTransport::PeerSender {
  public:
   PeerSender(raft::NodeId self, raft::NodeId peer, std::string cluster_id, std::string address,
-             size_t max_queued)
+             const std::shared_ptr<grpc::ChannelCredentials>& credentials, size_t max_queued)
       : self_(self),
         peer_(peer),
         cluster_id_(std::move(cluster_id)),
@@ -25,7 +25,7 @@ class GrpcRaftTransport::PeerSender {
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
     args.SetMaxSendMessageSize(-1);
-    channel_ = grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args);
+    channel_ = grpc::CreateCustomChannel(address_, credentials, args);
     stub_ = v1::RaftTransport::NewStub(channel_);
     thread_ = std::thread([this] { Run(); });
   }
@@ -119,11 +119,14 @@ class GrpcRaftTransport::PeerSender {
 
 GrpcRaftTransport::GrpcRaftTransport(raft::NodeId self, std::string cluster_id,
                                      const std::map<raft::NodeId, std::string>& peers,
+                                     std::shared_ptr<grpc::ChannelCredentials> credentials,
                                      size_t max_queued_batches)
     : self_(self) {
+  if (!credentials) credentials = grpc::InsecureChannelCredentials();
   for (const auto& [id, address] : peers) {
     if (id == self) continue;
-    senders_[id] = std::make_unique<PeerSender>(self, id, cluster_id, address, max_queued_batches);
+    senders_[id] = std::make_unique<PeerSender>(self, id, cluster_id, address, credentials,
+                                                max_queued_batches);
   }
 }
 

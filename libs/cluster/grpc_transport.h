@@ -27,8 +27,10 @@ namespace herald::cluster {
 class GrpcRaftTransport final : public Transport {
  public:
   // `peers` maps node ids to "host:port" of their Raft endpoint; it may include `self`.
+  // `credentials` secure every peer channel (insecure when null).
   GrpcRaftTransport(raft::NodeId self, std::string cluster_id,
                     const std::map<raft::NodeId, std::string>& peers,
+                    std::shared_ptr<grpc::ChannelCredentials> credentials = nullptr,
                     size_t max_queued_batches = 1024);
   ~GrpcRaftTransport() override;
 

@@ -212,8 +212,9 @@ v1::Broker::Stub* SessionManager::StubFor(raft::NodeId node) {
   if (it != stubs_.end()) return it->second.get();
   auto addr = options_.broker_addresses.find(node);
   if (addr == options_.broker_addresses.end()) return nullptr;
-  auto stub =
-      v1::Broker::NewStub(grpc::CreateChannel(addr->second, grpc::InsecureChannelCredentials()));
+  auto stub = v1::Broker::NewStub(grpc::CreateChannel(
+      addr->second, options_.channel_credentials ? options_.channel_credentials
+                                                 : grpc::InsecureChannelCredentials()));
   return stubs_.emplace(node, std::move(stub)).first->second.get();
 }
 

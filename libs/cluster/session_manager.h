@@ -20,6 +20,8 @@
 // other nodes on the manager's own thread. Public methods are thread-safe.
 #pragma once
 
+#include <grpcpp/security/credentials.h>
+
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -48,6 +50,8 @@ struct SessionManagerOptions {
   std::chrono::milliseconds timer_interval{200};
   // Deadline of one forwarded will publish.
   std::chrono::milliseconds forward_timeout{2'000};
+  // Credentials of the channels to other nodes' Broker API (insecure when null).
+  std::shared_ptr<grpc::ChannelCredentials> channel_credentials;
 };
 
 class SessionManager {

@@ -58,6 +58,9 @@ class CoreApi {
                              std::function<void(const absl::Status&)> done) = 0;
   virtual void CloseSession(v1::CloseSessionRequest request,
                             std::function<void(const absl::Status&)> done) = 0;
+  // The stored session of `client_id`; NOT_FOUND when there is none.
+  virtual void GetSession(const std::string& client_id,
+                          std::function<void(absl::StatusOr<v1::Session>)> done) = 0;
 };
 
 }  // namespace herald::edge

@@ -120,7 +120,8 @@ CoreClient::CoreClient(CoreClientOptions options, DeliveryCallback on_delivery)
   for (const auto& a : options_.addresses) {
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    channels_.push_back(grpc::CreateCustomChannel(a, grpc::InsecureChannelCredentials(), args));
+    channels_.push_back(grpc::CreateCustomChannel(
+        a, options_.credentials ? options_.credentials : grpc::InsecureChannelCredentials(), args));
     stubs_.push_back(v1::Broker::NewStub(channels_.back()));
   }
   uint64_t producer = RandomProducerId();
@@ -968,7 +969,8 @@ void CoreClient::OpenSession(v1::OpenSessionRequest request,
   call->done = [this, done = std::move(done)](absl::StatusOr<v1::OpenSessionResponse> resp) {
     if (resp.ok()) {
       std::lock_guard<std::mutex> l(mu_);
-      leases_[resp->session().client_id()] = resp->session().owner_epoch();
+      uint64_t& epoch = leases_[resp->session().client_id()];
+      epoch = std::max(epoch, resp->session().owner_epoch());
     }
     done(std::move(resp));
   };
@@ -1022,6 +1024,24 @@ void CoreClient::CloseSession(v1::CloseSessionRequest request,
   call->deadline = Clock::now() + options_.request_timeout;
   call->done = [done = std::move(done)](absl::StatusOr<v1::CloseSessionResponse> resp) {
     if (done) done(resp.status());
+  };
+  CallLeader(call);
+}
+
+void CoreClient::GetSession(const std::string& client_id,
+                            std::function<void(absl::StatusOr<v1::Session>)> done) {
+  auto call = std::make_shared<Unary<v1::GetSessionRequest, v1::GetSessionResponse>>();
+  call->partition = PartitionFor(client_id, options_.partitions);
+  call->request.set_client_id(client_id);
+  call->invoke = [](v1::Broker::Stub* stub, grpc::ClientContext* ctx,
+                    const v1::GetSessionRequest* req, v1::GetSessionResponse* resp,
+                    std::function<void(grpc::Status)> cb) {
+    stub->async()->GetSession(ctx, req, resp, std::move(cb));
+  };
+  call->deadline = Clock::now() + options_.request_timeout;
+  call->done = [done = std::move(done)](absl::StatusOr<v1::GetSessionResponse> resp) {
+    if (!resp.ok()) return done(resp.status());
+    done(std::move(*resp->mutable_session()));
   };
   CallLeader(call);
 }

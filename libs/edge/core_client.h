@@ -59,6 +59,9 @@ struct CoreClientOptions {
   std::chrono::milliseconds request_timeout{10000};
   // How often open sessions' leases are renewed (the core's lease is 30 s by default).
   std::chrono::milliseconds lease_renew_interval{5000};
+  // Credentials of the channels to the core nodes (GrpcTlsConfig::ChannelCredentials for
+  // mutual TLS); null is taken as insecure.
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
 };
 
 class CoreClient final : public CoreApi {
@@ -108,6 +111,8 @@ class CoreClient final : public CoreApi {
                      std::function<void(const absl::Status&)> done) override;
   void CloseSession(v1::CloseSessionRequest request,
                     std::function<void(const absl::Status&)> done) override;
+  void GetSession(const std::string& client_id,
+                  std::function<void(absl::StatusOr<v1::Session>)> done) override;
 
  private:
   struct Pending;

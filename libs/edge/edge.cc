@@ -47,6 +47,7 @@ void EdgeConfig::AddOptions(ConfigSchema& schema, bool standalone) {
                "Core node Broker API addresses (host:port, comma-separated).");
     schema.Add("edge.partitions", &partitions,
                "The cluster's partition count; must equal the core's cluster.partitions.");
+    grpc_tls.AddOptions(schema);
   }
 }
 
@@ -56,6 +57,8 @@ Edge::~Edge() { Stop(); }
 
 absl::Status Edge::Start(net::LoopGroup& loops) {
   if (config_.partitions <= 0) return absl::InvalidArgumentError("edge.partitions must be > 0");
+  auto core_credentials = config_.grpc_tls.ChannelCredentials();
+  if (!core_credentials.ok()) return core_credentials.status();
   MqttServerOptions so;
   so.listen = config_.mqtt_listen;
   if (!config_.tls_cert_file.empty()) {
@@ -112,6 +115,7 @@ absl::Status Edge::Start(net::LoopGroup& loops) {
   CoreClientOptions co;
   co.addresses = config_.core_addresses;
   co.partitions = static_cast<uint32_t>(config_.partitions);
+  co.credentials = *core_credentials;
   std::random_device rd;
   co.edge_id = StrCat("edge-", static_cast<uint64_t>(rd()));
   so.edge_id = co.edge_id;

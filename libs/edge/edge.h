@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "libs/common/config.h"
+#include "libs/common/grpc_tls.h"
 #include "libs/edge/core_client.h"
 #include "libs/edge/http_server.h"
 #include "libs/edge/mqtt_server.h"
@@ -46,9 +47,11 @@ struct EdgeConfig {
   // The cluster's partition count (edge.partitions; the all-in-one herald uses its core's).
   // The default is herald-core's default cluster.partitions.
   int partitions = 64;
+  // Mutual TLS towards the core nodes (grpc.tls.*; the all-in-one herald copies its core's).
+  GrpcTlsConfig grpc_tls;
 
-  // Registers the mqtt.*, http.* and tls.* options, and with `standalone` also "edge.core" and
-  // "edge.partitions".
+  // Registers the mqtt.*, http.* and tls.* options, and with `standalone` also "edge.core",
+  // "edge.partitions" and grpc.tls.*.
   void AddOptions(ConfigSchema& schema, bool standalone);
 };
 

@@ -33,13 +33,14 @@ class WsTransport final : public MqttServer::Transport {
   bool closed_ = false;
 };
 
+template <typename Shared>
 class HttpHandler final : public net::ConnectionHandler {
  public:
-  HttpHandler(const HttpServerOptions& options, MqttServer* mqtt)
-      : options_(options),
-        mqtt_(mqtt),
+  explicit HttpHandler(std::shared_ptr<Shared> shared)
+      : shared_(std::move(shared)),
+        options_(shared_->options),
         reader_(ws::ReaderOptions{.role = ws::Role::kServer,
-                                  .max_message_bytes = options.max_message_bytes}) {}
+                                  .max_message_bytes = options_.max_message_bytes}) {}
 
   void OnData(net::Connection& conn, std::string_view data) override {
     if (session_) return OnWebSocket(conn, data);
@@ -77,7 +78,10 @@ class HttpHandler final : public net::ConnectionHandler {
       }
       auto transport = std::make_unique<WsTransport>(conn);
       transport_ = transport.get();
-      session_ = mqtt_->Attach(conn, std::move(transport));
+      {
+        std::lock_guard<std::mutex> l(shared_->mu);
+        if (shared_->mqtt != nullptr) session_ = shared_->mqtt->Attach(conn, std::move(transport));
+      }
       if (!session_) {
         conn.Send(ws::RejectHandshake(503, "server stopping\n"));
         return conn.Close();
@@ -136,8 +140,8 @@ class HttpHandler final : public net::ConnectionHandler {
     }
   }
 
-  const HttpServerOptions& options_;
-  MqttServer* mqtt_;
+  std::shared_ptr<Shared> shared_;
+  const HttpServerOptions& options_;  // shared_'s
   http::RequestParser parser_;
   ws::MessageReader reader_;
   std::vector<ws::Event> events_;
@@ -148,31 +152,37 @@ class HttpHandler final : public net::ConnectionHandler {
 }  // namespace
 
 HttpServer::HttpServer(HttpServerOptions options, MqttServer* mqtt)
-    : options_(std::move(options)), mqtt_(mqtt) {}
+    : shared_(std::make_shared<Shared>()) {
+  shared_->options = std::move(options);
+  shared_->mqtt = mqtt;
+}
 
 HttpServer::~HttpServer() { Stop(); }
 
 absl::Status HttpServer::Start(net::LoopGroup& loops) {
-  auto address = net::SocketAddress::Parse(options_.listen);
+  const HttpServerOptions& options = shared_->options;
+  auto address = net::SocketAddress::Parse(options.listen);
   if (!address.ok()) return address.status();
   net::ListenerOptions lo;
-  lo.max_connections = options_.max_connections;
-  lo.tls = options_.tls;
+  lo.max_connections = options.max_connections;
+  lo.tls = options.tls;
   auto listener = net::ListenerGroup::Listen(
       loops, *address,
-      [this](net::Connection&) -> std::unique_ptr<net::ConnectionHandler> {
-        return std::make_unique<HttpHandler>(options_, mqtt_);
+      [shared = shared_](net::Connection&) -> std::unique_ptr<net::ConnectionHandler> {
+        return std::make_unique<HttpHandler<Shared>>(shared);
       },
       lo);
   if (!listener.ok()) return listener.status();
   listener_ = std::move(*listener);
   spdlog::info("http listening on {} (MQTT over WebSocket at {})",
-               listener_->address().ToString(), options_.mqtt_path);
+               listener_->address().ToString(), options.mqtt_path);
   return absl::OkStatus();
 }
 
 void HttpServer::Stop() {
   if (listener_) listener_->Close();
+  std::lock_guard<std::mutex> l(shared_->mu);
+  shared_->mqtt = nullptr;
 }
 
 const net::SocketAddress& HttpServer::address() const { return listener_->address(); }

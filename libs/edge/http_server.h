@@ -6,6 +6,7 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "absl/status/status.h"
@@ -36,8 +37,13 @@ class HttpServer {
   const net::SocketAddress& address() const;
 
  private:
-  HttpServerOptions options_;
-  MqttServer* mqtt_;
+  // Shared with the connections, which may outlive the server until the loops stop.
+  struct Shared {
+    HttpServerOptions options;
+    std::mutex mu;
+    MqttServer* mqtt = nullptr;  // null once stopped
+  };
+  std::shared_ptr<Shared> shared_;
   std::unique_ptr<net::ListenerGroup> listener_;
 };
 

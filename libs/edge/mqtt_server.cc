@@ -6,6 +6,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <deque>
+#include <future>
 #include <map>
 #include <mutex>
 #include <random>
@@ -134,6 +135,8 @@ struct MqttServer::Hub {
   std::atomic<uint64_t> next_session_id{1};
   std::atomic<int64_t> live_sessions{0};
   std::atomic<int64_t> connected{0};
+  // Final session writes (update, then close) still on their way to the core.
+  std::atomic<int64_t> pending_closes{0};
   // $SYS counters.
   std::atomic<uint64_t> messages_received{0};
   std::atomic<uint64_t> messages_sent{0};
@@ -178,10 +181,13 @@ struct MqttServer::Hub {
     fn(core);
   }
 
-  void RunAuth(absl::AnyInvocable<void()> job) {
+  // False when too many checks wait already (the client is refused as busy).
+  bool RunAuth(absl::AnyInvocable<void()> job) {
     std::lock_guard<std::mutex> l(auth_mu);
+    if (auth_jobs.size() >= 1000) return false;
     auth_jobs.push_back(std::move(job));
     auth_cv.notify_one();
+    return true;
   }
   void AuthLoop() {
     std::unique_lock<std::mutex> l(auth_mu);
@@ -270,6 +276,8 @@ class MqttSession final : public MqttServer::Endpoint {
       Handle(p);
     }
     in_read_ = false;
+    // Until the CONNACK, what the client sends waits in the socket, not in memory.
+    if (connecting_ && !closing_) conn_->PauseReading();
     FlushQos0();
     if (cork && corked_) Uncork();
     if (error && !closing_) {
@@ -310,12 +318,19 @@ class MqttSession final : public MqttServer::Endpoint {
     Enqueue(std::move(out), /*enforce_quota=*/true);
   }
 
-  // Another connection took this client id over (§3.1.4-3).
-  void TakenOver() {
-    if (closing_) return;
+  // Another connection on this edge took this client id over (§3.1.4-3). `done` runs (on any
+  // loop) once this session's final state is written to the core, so that the new connection
+  // resumes from it.
+  void TakenOver(absl::AnyInvocable<void()> done) {
     registered_ = false;  // the registry entry is the new owner's now
     taken_over_ = true;
-    CloseWith(ReasonCode::kSessionTakenOver);
+    if (persistent_ && !core_closed_) {
+      core_closed_ = true;
+      CloseCoreSession(std::move(done));
+    } else {
+      done();
+    }
+    if (!closing_) CloseWith(ReasonCode::kSessionTakenOver);
   }
 
   void ServerStopping() { CloseWith(ReasonCode::kServerShuttingDown); }
@@ -352,20 +367,42 @@ class MqttSession final : public MqttServer::Endpoint {
       it->second = Hub::Owner{loop_state_.get(), id_};
     }
     registered_ = true;
-    if (previous) {
-      std::shared_ptr<LoopState> st = hub_->StateOf(previous->loop_state);
-      if (st) RunOnSession(st, previous->session_id, [](MqttSession& s) { s.TakenOver(); });
+    std::shared_ptr<LoopState> old_st = previous ? hub_->StateOf(previous->loop_state) : nullptr;
+    if (!old_st) {
+      OpenCoreSession();
+      return;
     }
-    if (expiry == 0 && !c.will) {
+    // The older connection first writes its session's final state (in-flight packets, cursor);
+    // the session is opened after that, or after a second at most.
+    auto st = loop_state_;
+    uint64_t sid = id_;
+    takeover_timer_ = std::make_unique<net::Timer>(conn_->loop(), [this] { OpenCoreSession(); });
+    takeover_timer_->Start(std::chrono::milliseconds(1000));
+    RunOnSession(old_st, previous->session_id, [st, sid](MqttSession& old) {
+      old.TakenOver([st, sid] {
+        RunOnSession(st, sid, [](MqttSession& s) { s.OpenCoreSession(); });
+      });
+    });
+  }
+
+  // Opens the session in the core when it is kept there (Clean Start 0, an expiry, or a will);
+  // otherwise connects at once and, off the critical path, ends any session the core still
+  // holds for this client id (§3.1.2.4: Clean Start 1 discards it).
+  void OpenCoreSession() {
+    if (closing_ || !connecting_ || session_requested_) return;
+    session_requested_ = true;
+    takeover_timer_.reset();
+    mqtt::Connect& c = *pending_connect_;
+    if (c.clean_start && expiry_s_ == 0 && !c.will) {
+      DiscardStoredSession();
       FinishConnect(false, nullptr);
       return;
     }
-    // The session (or at least its will) lives in the core.
     v1::OpenSessionRequest req;
     req.set_client_id(client_id_);
     req.set_edge_id(hub_->options.edge_id);
     req.set_clean_start(c.clean_start);
-    req.set_expiry_interval_s(expiry);
+    req.set_expiry_interval_s(expiry_s_);
     if (c.will) {
       v1::WillMessage* w = req.mutable_will();
       *w->mutable_message() = ToMessage(c.will->topic, std::move(c.will->payload), c.will->qos,
@@ -374,17 +411,66 @@ class MqttSession final : public MqttServer::Endpoint {
     }
     auto st = loop_state_;
     uint64_t sid = id_;
+    std::shared_ptr<Hub> hub = hub_;
     bool opened = false;
     hub_->WithCore([&](CoreApi* core) {
       if (core == nullptr) return;
       opened = true;
-      core->OpenSession(std::move(req), [st, sid](absl::StatusOr<v1::OpenSessionResponse> r) {
-        RunOnSession(st, sid, [r = std::move(r)](MqttSession& s) mutable {
-          s.SessionOpened(std::move(r));
+      core->OpenSession(std::move(req), [hub, st, sid](absl::StatusOr<v1::OpenSessionResponse> r) {
+        st->loop->Post([hub, st, sid, r = std::move(r)]() mutable {
+          auto it = st->sessions.find(sid);
+          if (it != st->sessions.end() && !it->second->closing_) {
+            it->second->SessionOpened(std::move(r));
+          } else if (r.ok()) {
+            // The client went away before its CONNACK: disconnect the session again.
+            AbandonSession(hub, r->session().client_id(), r->session().owner_epoch());
+          }
         });
       });
     });
     if (!opened) RefuseConnect(ReasonCode::kServerUnavailable);
+  }
+
+  static void AbandonSession(const std::shared_ptr<Hub>& hub, const std::string& client_id,
+                             uint64_t epoch) {
+    v1::CloseSessionRequest close;
+    close.set_client_id(client_id);
+    close.set_owner_epoch(epoch);
+    close.set_publish_will(true);
+    hub->WithCore([&](CoreApi* core) {
+      if (core != nullptr) core->CloseSession(std::move(close), [](const absl::Status&) {});
+    });
+  }
+
+  // A clean connection without a stored session: if the core holds one for this client id
+  // (from an earlier Clean Start 0 connection, possibly still connected elsewhere), end it.
+  void DiscardStoredSession() {
+    std::string client_id = client_id_;
+    std::string edge_id = hub_->options.edge_id;
+    std::shared_ptr<Hub> hub = hub_;
+    hub_->WithCore([&](CoreApi* core) {
+      if (core == nullptr) return;
+      core->GetSession(client_id, [hub, client_id, edge_id](absl::StatusOr<v1::Session> s) {
+        if (!s.ok()) return;  // none (NOT_FOUND), or the core is unreachable
+        v1::OpenSessionRequest req;
+        req.set_client_id(client_id);
+        req.set_edge_id(edge_id);
+        req.set_clean_start(true);
+        req.set_expiry_interval_s(0);
+        hub->WithCore([&](CoreApi* core) {
+          if (core == nullptr) return;
+          core->OpenSession(std::move(req), [hub](absl::StatusOr<v1::OpenSessionResponse> r) {
+            if (!r.ok()) return;
+            v1::CloseSessionRequest close;
+            close.set_client_id(r->session().client_id());
+            close.set_owner_epoch(r->session().owner_epoch());
+            hub->WithCore([&](CoreApi* core) {
+              if (core != nullptr) core->CloseSession(std::move(close), [](const absl::Status&) {});
+            });
+          });
+        });
+      });
+    });
   }
 
   void SessionOpened(absl::StatusOr<v1::OpenSessionResponse> r) {
@@ -411,11 +497,30 @@ class MqttSession final : public MqttServer::Endpoint {
 
   // The filters of a SUBSCRIBE are applied (and, for a persistent session, stored).
   void SubscribeReady(mqtt::Suback suback, std::vector<std::string> retained_filters,
+                      std::vector<std::pair<size_t, std::string>> added,
                       const absl::Status& stored) {
     if (closing_) return;
-    if (absl::IsFailedPrecondition(stored)) {
+    if (absl::IsFailedPrecondition(stored) || absl::IsNotFound(stored)) {
       Fenced();
       return;
+    }
+    if (!stored.ok()) {
+      // Not stored: the new subscriptions are refused rather than lost at the next reconnect.
+      spdlog::warn("mqtt {} ({}): cannot store subscriptions: {}", peer_, client_id_, stored);
+      for (const auto& [index, filter] : added) {
+        auto it = subscriptions_.find(filter);
+        if (it == subscriptions_.end()) continue;
+        Index(it->second, /*insert=*/false);
+        RemoveCoreFilter(CoreFilter(it->second));
+        subscriptions_.erase(it);
+        hub_->subscriptions.fetch_sub(1, std::memory_order_relaxed);
+        if (index < suback.reason_codes.size()) {
+          suback.reason_codes[index] = ReasonCode::kUnspecifiedError;
+        }
+        retained_filters.erase(
+            std::remove(retained_filters.begin(), retained_filters.end(), filter),
+            retained_filters.end());
+      }
     }
     Send(std::move(suback));
     // A persistent session is owed the new filters' messages from here on: record where.
@@ -426,6 +531,11 @@ class MqttSession final : public MqttServer::Endpoint {
   void RetainedFound(std::vector<std::string> filters, std::vector<v1::Message> messages) {
     if (closing_ || !connected_) return;
     for (auto& m : messages) {
+      if (queue_.size() >= 10 * hub_->options.max_queued_messages) {
+        spdlog::info("mqtt {} ({}): too many retained messages queued; the rest are not sent",
+                     peer_, client_id_);
+        return;
+      }
       std::optional<OutMessage> out = MatchOwn(m, &filters, /*retained=*/true);
       if (!out) continue;
       out->message = std::make_shared<const v1::Message>(std::move(m));
@@ -473,7 +583,16 @@ class MqttSession final : public MqttServer::Endpoint {
                    absl::StatusOr<v1::FetchResult> r) {
     fetch_in_flight_ = false;
     if (closing_) return;
+    if (!r.ok() && !absl::IsOutOfRange(r.status()) && !absl::IsInvalidArgument(r.status()) &&
+        !absl::IsNotFound(r.status())) {
+      // No leader right now: try again (the message stays owed).
+      retry_timer_ = std::make_unique<net::Timer>(conn_->loop(), [this] { PumpCatchup(); });
+      retry_timer_->Start(std::chrono::milliseconds(500));
+      return;
+    }
+    const v1::InflightMessage f = P().resend.front();
     P().resend.pop_front();
+    bool sent = false;
     if (r.ok()) {
       for (auto& m : *r->mutable_messages()) {
         if (m.offset() != offset) continue;
@@ -483,12 +602,16 @@ class MqttSession final : public MqttServer::Endpoint {
         out.from_log = true;
         P().unacked[out.message->partition()].insert(offset);
         SendOut(std::move(out), packet_id, /*dup=*/true);
+        sent = true;
         break;
       }
     }
+    // Not resent: the catch-up delivers it like any other message it still matches.
+    if (!sent) P().resent.erase({f.partition(), f.offset()});
     if (!inflight_.count(packet_id)) reserved_ids_.erase(packet_id);
     PumpCatchup();
   }
+
 
   // A live position snapshot taken before this ran: every delivery at or before it was
   // processed.
@@ -639,7 +762,6 @@ class MqttSession final : public MqttServer::Endpoint {
       CloseWith(ReasonCode::kProtocolError);
       return;
     }
-    connect_timer_.reset();
     version_ = decoder_.version().value_or(Version::kV311);
     if (version_ == Version::kV5 && c.properties.authentication_method) {
       // Enhanced authentication (§4.12) is not offered.
@@ -673,10 +795,12 @@ class MqttSession final : public MqttServer::Endpoint {
     std::string user = *username_;
     std::string password = pending_connect_->password.value_or("");
     std::shared_ptr<Hub> hub = hub_;
-    hub_->RunAuth([hub, st, sid, user = std::move(user), password = std::move(password)] {
-      bool ok = hub->options.authenticate(user, password);
-      RunOnSession(st, sid, [ok](MqttSession& s) { s.ContinueConnect(ok); });
-    });
+    bool queued =
+        hub_->RunAuth([hub, st, sid, user = std::move(user), password = std::move(password)] {
+          bool ok = hub->options.authenticate(user, password);
+          RunOnSession(st, sid, [ok](MqttSession& s) { s.ContinueConnect(ok); });
+        });
+    if (!queued) RefuseConnect(ReasonCode::kServerBusy);
   }
 
   void FinishConnect(bool session_present, const v1::Session* session) {
@@ -685,7 +809,9 @@ class MqttSession final : public MqttServer::Endpoint {
     mqtt::Connack ack;
     ack.session_present = session_present;
     uint16_t keep_alive = c.keep_alive;
-    if (o.max_keep_alive_s != 0 && (keep_alive == 0 || keep_alive > o.max_keep_alive_s)) {
+    // Only a 5.0 client can be told (Server Keep Alive); a 3.1.1 client keeps its own.
+    if (version_ == Version::kV5 && o.max_keep_alive_s != 0 &&
+        (keep_alive == 0 || keep_alive > o.max_keep_alive_s)) {
       keep_alive = o.max_keep_alive_s;
       if (version_ == Version::kV5) ack.properties.server_keep_alive = keep_alive;
     }
@@ -703,6 +829,8 @@ class MqttSession final : public MqttServer::Endpoint {
     if (window_ == 0) window_ = o.default_inflight;
     connecting_ = false;
     connected_ = true;
+    connect_timer_.reset();
+    conn_->ResumeReading();
     hub_->connected.fetch_add(1);
     if (keep_alive > 0) {
       keep_alive_timeout_ = std::chrono::milliseconds(keep_alive * 1500);
@@ -1066,9 +1194,18 @@ class MqttSession final : public MqttServer::Endpoint {
     uint32_t sub_id = s.properties.subscription_identifiers.empty()
                           ? 0
                           : s.properties.subscription_identifiers.front();
+    // §3.8.3.1: No Local on a shared subscription is a Protocol Error; checked before any of
+    // the packet's subscriptions takes effect.
+    for (const auto& sub : s.subscriptions) {
+      if (sub.no_local && mqtt::IsSharedSubscription(sub.topic_filter)) {
+        CloseWith(ReasonCode::kProtocolError);
+        return;
+      }
+    }
     mqtt::Suback ack{.packet_id = s.packet_id};
     std::vector<std::string> to_apply;
     std::vector<std::string> retained;
+    std::vector<std::pair<size_t, std::string>> added;  // (index in the SUBACK, filter as sent)
     v1::SessionUpdate update;
     for (const auto& sub : s.subscriptions) {
       SubState state;
@@ -1078,10 +1215,6 @@ class MqttSession final : public MqttServer::Endpoint {
         ack.reason_codes.push_back(version_ == Version::kV5 ? ReasonCode::kTopicFilterInvalid
                                                             : ReasonCode::kUnspecifiedError);
         continue;
-      }
-      if (!state.shared_key.empty() && sub.no_local) {
-        CloseWith(ReasonCode::kProtocolError);  // §3.8.3.1
-        return;
       }
       const MqttServerOptions& o = hub_->options;
       if (o.may_subscribe && !o.may_subscribe(client_id_, username_, state.filter)) {
@@ -1098,6 +1231,7 @@ class MqttSession final : public MqttServer::Endpoint {
         Index(it->second, /*insert=*/false);  // §3.8.4: replaced
       } else {
         to_apply.push_back(CoreFilter(state));
+        added.emplace_back(ack.reason_codes.size() - 1, sub.topic_filter);
         hub_->subscriptions.fetch_add(1, std::memory_order_relaxed);
       }
       Index(state, /*insert=*/true);
@@ -1123,14 +1257,17 @@ class MqttSession final : public MqttServer::Endpoint {
       size_t remaining = 1;
       mqtt::Suback ack;
       std::vector<std::string> retained;
+      std::vector<std::pair<size_t, std::string>> added;
       absl::Status stored;
     };
     auto w = std::make_shared<Waiting>();
     w->ack = std::move(ack);
     w->retained = std::move(retained);
+    w->added = std::move(added);
     auto done_one = [w](MqttSession& self) {
       if (--w->remaining == 0) {
-        self.SubscribeReady(std::move(w->ack), std::move(w->retained), w->stored);
+        self.SubscribeReady(std::move(w->ack), std::move(w->retained), std::move(w->added),
+                            w->stored);
       }
     };
     w->remaining += to_apply.size();
@@ -1138,25 +1275,105 @@ class MqttSession final : public MqttServer::Endpoint {
       AddCoreFilter(f, [this, done_one] { done_one(*this); });
     }
     if (persistent_ && update.put_subscriptions_size() > 0) {
-      ++w->remaining;
-      update.set_client_id(client_id_);
-      update.set_owner_epoch(epoch_);
+      // The session is owed the new filters' messages from here on: their partitions' current
+      // positions are stored with the subscriptions (a partition this edge has not read yet is
+      // asked for its end first).
+      std::vector<uint32_t> unknown;
+      hub_->WithCore([&](CoreApi* core) {
+        if (core == nullptr) return;
+        for (uint32_t p : RelevantPartitions(core->partitions())) {
+          if (P().safe.count(p) || P().processed.count(p) || P().catchup.count(p)) continue;
+          if (auto live = core->LivePosition(p)) {
+            live->set_partition(p);
+            P().safe[p] = *live;
+            *update.add_commit_positions() = *live;
+          } else {
+            unknown.push_back(p);
+          }
+        }
+      });
       auto st = loop_state_;
       uint64_t sid = id_;
-      hub_->WithCore([&](CoreApi* core) {
-        if (core == nullptr) {
-          w->stored = absl::UnavailableError("stopping");
-          return done_one(*this);
-        }
-        core->UpdateSession(std::move(update), [st, sid, w, done_one](const absl::Status& s) {
-          RunOnSession(st, sid, [w, done_one, s](MqttSession& self) {
-            w->stored = s;
-            done_one(self);
+      auto store = [this, st, sid, w, done_one](v1::SessionUpdate u) {
+        ++w->remaining;
+        u.set_client_id(client_id_);
+        u.set_owner_epoch(epoch_);
+        bool sent = false;
+        hub_->WithCore([&](CoreApi* core) {
+          if (core == nullptr) return;
+          sent = true;
+          core->UpdateSession(std::move(u), [st, sid, w, done_one](const absl::Status& s) {
+            RunOnSession(st, sid, [w, done_one, s](MqttSession& self) {
+              if (!s.ok()) w->stored = s;
+              done_one(self);
+            });
           });
         });
-      });
+        if (!sent) {
+          w->stored = absl::UnavailableError("server stopping");
+          done_one(*this);
+        }
+      };
+      store(std::move(update));
+      for (uint32_t p : unknown) {
+        ++w->remaining;
+        bool asked = false;
+        hub_->WithCore([&](CoreApi* core) {
+          if (core == nullptr) return;
+          asked = true;
+          core->Fetch(p, v1::PartitionPosition(), {"#"}, 1,
+                      [st, sid, p, w, done_one](absl::StatusOr<v1::FetchResult> r) {
+                        RunOnSession(st, sid, [p, w, done_one,
+                                               r = std::move(r)](MqttSession& self) mutable {
+                          if (!r.ok()) {
+                            w->stored = r.status();
+                          } else {
+                            v1::PartitionPosition end;
+                            end.set_partition(p);
+                            end.set_epoch(r->epoch());
+                            end.set_offset(r->last_offset());
+                            if (!self.P().safe.count(p) && !self.P().processed.count(p)) {
+                              self.P().safe[p] = end;
+                              v1::SessionUpdate u;
+                              *u.add_commit_positions() = end;
+                              self.StorePositions(std::move(u), w, done_one);
+                            }
+                          }
+                          done_one(self);
+                        });
+                      });
+        });
+        if (!asked) {
+          w->stored = absl::UnavailableError("server stopping");
+          done_one(*this);
+        }
+      }
     }
     done_one(*this);
+  }
+
+  template <typename W, typename F>
+  void StorePositions(v1::SessionUpdate u, W w, F done_one) {
+    ++w->remaining;
+    u.set_client_id(client_id_);
+    u.set_owner_epoch(epoch_);
+    auto st = loop_state_;
+    uint64_t sid = id_;
+    bool sent = false;
+    hub_->WithCore([&](CoreApi* core) {
+      if (core == nullptr) return;
+      sent = true;
+      core->UpdateSession(std::move(u), [st, sid, w, done_one](const absl::Status& s) {
+        RunOnSession(st, sid, [w, done_one, s](MqttSession& self) {
+          if (!s.ok()) w->stored = s;
+          done_one(self);
+        });
+      });
+    });
+    if (!sent) {
+      w->stored = absl::UnavailableError("server stopping");
+      done_one(*this);
+    }
   }
 
   void On(mqtt::Unsubscribe& u) {
@@ -1198,9 +1415,10 @@ class MqttSession final : public MqttServer::Endpoint {
     std::vector<v1::Message> sys;
     {
       std::lock_guard<std::mutex> l(hub_->mu);
+      std::set<std::string> seen;
       for (const auto& f : filters) {
         for (const auto& [topic, payload] : hub_->sys_values) {
-          if (!mqtt::TopicMatches(f, topic)) continue;
+          if (!mqtt::TopicMatches(f, topic) || !seen.insert(topic).second) continue;
           v1::Message m;
           m.set_topic(topic);
           m.set_payload(payload);
@@ -1307,6 +1525,7 @@ class MqttSession final : public MqttServer::Endpoint {
   // Sends one message now (the window has room when its QoS is above 0).
   void SendOut(OutMessage out, uint16_t packet_id, bool dup) {
     const v1::Message& m = *out.message;
+    uint16_t new_alias = 0;
     mqtt::Publish p;
     p.qos = out.qos;
     p.retain = out.retain;
@@ -1342,9 +1561,9 @@ class MqttSession final : public MqttServer::Endpoint {
           pr.topic_alias = it->second;
           p.topic.clear();
         } else if (outbound_aliases_.size() < client_alias_max_) {
-          uint16_t alias = static_cast<uint16_t>(outbound_aliases_.size() + 1);
-          outbound_aliases_[p.topic] = alias;
-          pr.topic_alias = alias;
+          // Recorded only once the packet is sent (below): a dropped packet sets nothing.
+          new_alias = static_cast<uint16_t>(outbound_aliases_.size() + 1);
+          pr.topic_alias = new_alias;
         }
       }
     }
@@ -1353,6 +1572,7 @@ class MqttSession final : public MqttServer::Endpoint {
       Acknowledged(out);  // §3.1.2.11.4: discarded as if sent
       return;
     }
+    if (new_alias != 0) outbound_aliases_[m.topic()] = new_alias;
     if (out.qos != QoS::kAtMostOnce) {
       if (packet_id == 0) p.packet_id = NextPacketId();
       reserved_ids_.erase(p.packet_id);
@@ -1410,6 +1630,7 @@ class MqttSession final : public MqttServer::Endpoint {
     auto st = loop_state_;
     uint64_t sid = id_;
     if (!P().resend.empty()) {
+      if (inflight_.size() >= window_) return;  // the client's Receive Maximum holds here too
       const v1::InflightMessage f = P().resend.front();
       v1::PartitionPosition after;
       after.set_partition(f.partition());
@@ -1558,8 +1779,10 @@ class MqttSession final : public MqttServer::Endpoint {
     SendUpdate(std::move(update));
   }
 
-  // The session's final state, written when the connection ends.
-  void CloseCoreSession() {
+  // The session's final state, written when the connection ends (or is taken over on this
+  // edge: then `done` runs once it is written, and the session is not closed, since the new
+  // connection opens it at once).
+  void CloseCoreSession(absl::AnyInvocable<void()> done = nullptr) {
     v1::SessionUpdate update;
     update.set_client_id(client_id_);
     update.set_owner_epoch(epoch_);
@@ -1602,26 +1825,42 @@ class MqttSession final : public MqttServer::Endpoint {
     if (disconnect_expiry_) close.set_expiry_interval_s(*disconnect_expiry_);
     bool take_over = taken_over_;
     std::shared_ptr<Hub> hub = hub_;
+    auto shared_done = std::make_shared<absl::AnyInvocable<void()>>(std::move(done));
+    bool sent = false;
+    hub->pending_closes.fetch_add(1);
     hub_->WithCore([&](CoreApi* core) {
       if (core == nullptr) return;
-      core->UpdateSession(std::move(update), [hub, close = std::move(close),
-                                              take_over](const absl::Status& s) mutable {
+      sent = true;
+      core->UpdateSession(std::move(update), [hub, close = std::move(close), take_over,
+                                              shared_done](const absl::Status& s) mutable {
         if (!s.ok() && !absl::IsFailedPrecondition(s)) {
           spdlog::warn("mqtt: final session update of {} failed: {}", close.client_id(), s);
         }
-        // After a takeover the new owner's OpenSession decided about the will already.
-        if (take_over || absl::IsFailedPrecondition(s)) return;
+        if (*shared_done) (*shared_done)();
+        // After a takeover the new owner's OpenSession decides about the will.
+        if (take_over || absl::IsFailedPrecondition(s) || absl::IsNotFound(s)) {
+          hub->pending_closes.fetch_sub(1);
+          return;
+        }
+        bool closing = false;
         hub->WithCore([&](CoreApi* core) {
           if (core == nullptr) return;
+          closing = true;
           std::string id = close.client_id();
-          core->CloseSession(std::move(close), [id](const absl::Status& cs) {
+          core->CloseSession(std::move(close), [hub, id](const absl::Status& cs) {
             if (!cs.ok() && !absl::IsFailedPrecondition(cs)) {
               spdlog::warn("mqtt: closing session {} failed: {}", id, cs);
             }
+            hub->pending_closes.fetch_sub(1);
           });
         });
+        if (!closing) hub->pending_closes.fetch_sub(1);
       });
     });
+    if (!sent) {
+      hub->pending_closes.fetch_sub(1);
+      if (*shared_done) (*shared_done)();
+    }
   }
 
   void Cleanup() {
@@ -1632,6 +1871,7 @@ class MqttSession final : public MqttServer::Endpoint {
     connect_timer_.reset();
     commit_timer_.reset();
     retry_timer_.reset();
+    takeover_timer_.reset();
     loop_state_->sessions.erase(id_);
     if (connected_) hub_->connected.fetch_sub(1);
     for (const auto& [f, s] : subscriptions_) Index(s, /*insert=*/false);
@@ -1654,7 +1894,10 @@ class MqttSession final : public MqttServer::Endpoint {
     queue_.ForEach([this](OutMessage& out) {
       if (!out.shared_key.empty()) Redeliver(std::move(out));
     });
-    if (persistent_) CloseCoreSession();
+    if (persistent_ && !core_closed_) {
+      core_closed_ = true;
+      CloseCoreSession();
+    }
     subscriptions_.clear();
     hub_->live_sessions.fetch_sub(1);
   }
@@ -1673,6 +1916,9 @@ class MqttSession final : public MqttServer::Endpoint {
   bool cleaned_up_ = false;
   bool registered_ = false;
   bool taken_over_ = false;
+  bool core_closed_ = false;        // the final state was written (CloseCoreSession)
+  bool session_requested_ = false;  // OpenCoreSession ran
+  std::unique_ptr<net::Timer> takeover_timer_;
   bool assigned_id_ = false;
   bool clean_disconnect_ = false;
   bool has_will_ = false;
@@ -1835,13 +2081,13 @@ absl::Status MqttServer::Start(net::LoopGroup& loops) {
     spdlog::info("mqtt (TLS) listening on {}", tls_listener_->address().ToString());
   }
   if (options_.sys_interval.count() > 0) {
-    std::shared_ptr<Hub> hub = hub_;
+    // The timer lives on loop 0; Stop() destroys it there before the server goes away.
+    sys_timer_ = std::make_shared<std::unique_ptr<net::Timer>>();
     net::EventLoop& loop0 = loops.loop(0);
-    loop0.Post([this, hub, &loop0] {
-      auto timer = std::make_shared<std::unique_ptr<net::Timer>>();
-      *timer = std::make_unique<net::Timer>(loop0, [this, hub] { PublishSys(); });
-      (*timer)->Start(std::chrono::milliseconds(1), options_.sys_interval);
-      sys_timer_ = timer;
+    loop0.Post([this, holder = sys_timer_, &loop0] {
+      if (hub_->stopped.load()) return;
+      *holder = std::make_unique<net::Timer>(loop0, [this] { PublishSys(); });
+      (*holder)->Start(std::chrono::milliseconds(1), options_.sys_interval);
     });
   }
   return absl::OkStatus();
@@ -1890,8 +2136,14 @@ void MqttServer::Stop() {
   if (listener_) listener_->Close();
   if (tls_listener_) tls_listener_->Close();
   if (loops_ != nullptr && sys_timer_) {
-    std::shared_ptr<std::unique_ptr<net::Timer>> t = sys_timer_;
-    loops_->loop(0).Post([t] { t->reset(); });
+    auto done = std::make_shared<std::promise<void>>();
+    std::future<void> f = done->get_future();
+    if (loops_->loop(0).Post([t = sys_timer_, done] {
+          t->reset();
+          done->set_value();
+        })) {
+      f.wait_for(std::chrono::seconds(2));
+    }
   }
   for (auto& [loop, st] : hub_->loops) {
     loop->Post([st] {
@@ -1901,7 +2153,8 @@ void MqttServer::Stop() {
     });
   }
   auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
-  while (hub_->live_sessions.load() > 0 && std::chrono::steady_clock::now() < deadline) {
+  while ((hub_->live_sessions.load() > 0 || hub_->pending_closes.load() > 0) &&
+         std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   {

@@ -101,6 +101,10 @@ class FakeCore : public CoreApi {
                     std::function<void(const absl::Status&)> done) override {
     done(absl::UnavailableError("fake core has no sessions"));
   }
+  void GetSession(const std::string&,
+                  std::function<void(absl::StatusOr<v1::Session>)> done) override {
+    done(absl::NotFoundError("fake core has no sessions"));
+  }
   size_t PublishedCount() {
     std::lock_guard<std::mutex> l(mu_);
     return published_.size();

@@ -1,6 +1,7 @@
 // herald: the all-in-one broker: one core node (every partition, one replica) and the edge's
 // client protocols (MQTT), in one process. The edge reaches the core over gRPC on loopback.
 #include <memory>
+#include <string>
 
 #include "libs/admin/process_metrics.h"
 #include "libs/cluster/core_node.h"
@@ -30,8 +31,17 @@ int main(int argc, char** argv, char** envp) {
     node = std::make_unique<herald::cluster::CoreNode>(core);
     ctx.metrics.AddCollector(node->metrics_collector());
     if (absl::Status s = node->Start(ctx.config.data_dir); !s.ok()) return s;
-    edge_config.core_addresses = {node->address()};
+    // A wildcard listen address is dialled on loopback (a certificate names no wildcard).
+    std::string core_address = node->address();
+    if (core_address.rfind("0.0.0.0:", 0) == 0) {
+      core_address = "127.0.0.1" + core_address.substr(7);
+    } else if (core_address.rfind("[::]:", 0) == 0) {
+      core_address = "[::1]" + core_address.substr(4);
+    }
+    edge_config.core_addresses = {core_address};
     edge_config.partitions = core.partitions;
+    // The edge reaches its own core with the core's certificate (grpc.tls.* is registered once).
+    edge_config.grpc_tls = core.grpc_tls;
     edge = std::make_unique<herald::edge::Edge>(edge_config);
     if (absl::Status s = edge->Start(ctx.loops); !s.ok()) return s;
     herald::admin::RegisterConnectionMetrics(ctx.metrics, "mqtt", edge->mqtt_stats());

@@ -28,6 +28,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "absl/strings/escaping.h"
@@ -36,6 +37,7 @@
 #include "herald/v1/broker.grpc.pb.h"
 #include "libs/auth/password_file.h"
 #include "libs/auth/text_file.h"
+#include "libs/common/grpc_tls.h"
 #include "libs/common/partitioning.h"
 #include "libs/common/status.h"
 #include "libs/common/strings.h"
@@ -63,6 +65,12 @@ Global flags (anywhere on the line; --flag=value or --flag value):
                            subscribe.
   --timeout=DURATION       deadline of each operation, retries included (default 5s; a plain
                            number is seconds; e.g. 500ms, 2s).
+  --tls-cert=FILE --tls-key=FILE --tls-ca=FILE
+                           mutual TLS to cores running with grpc.tls.*: this client's PEM
+                           certificate and key, and the CA the servers' certificates chain to
+                           (all three or none; default $HERALD_TLS_CERT, $HERALD_TLS_KEY,
+                           $HERALD_TLS_CA). A server's certificate must name the host given in
+                           --servers (or found in metadata).
   --help                   this text.
 
 Commands:
@@ -112,6 +120,8 @@ struct Flags {
   std::optional<uint32_t> partitions;
   bool json = false;
   std::chrono::milliseconds timeout{5000};
+  // Credentials of every channel: insecure, or mutual TLS with --tls-cert/--tls-key/--tls-ca.
+  std::shared_ptr<grpc::ChannelCredentials> credentials;
   std::string command;
   std::vector<std::string> positional;
   // Command flags; a flag may repeat (--filter).
@@ -125,9 +135,9 @@ const std::set<std::string>& BooleanFlags() {
 }
 
 const std::set<std::string>& ValueFlags() {
-  static const std::set<std::string> s = {"servers", "partitions", "timeout", "topic",
-                                          "message", "qos",        "filter",  "partition",
-                                          "from",    "to",         "password"};
+  static const std::set<std::string> s = {"servers",  "partitions", "timeout",   "topic", "message",
+                                          "qos",      "filter",     "partition", "from",  "to",
+                                          "password", "tls-cert",   "tls-key",   "tls-ca"};
   return s;
 }
 
@@ -229,6 +239,23 @@ std::optional<Flags> ParseCommandLine(int argc, char** argv, std::string* error,
       return std::nullopt;
     }
   }
+  GrpcTlsConfig tls;
+  tls.cert_option = "--tls-cert";
+  tls.key_option = "--tls-key";
+  tls.ca_option = "--tls-ca";
+  for (auto [flag, field, env_name] : {std::tuple{"tls-cert", &tls.cert_file, "HERALD_TLS_CERT"},
+                                       std::tuple{"tls-key", &tls.key_file, "HERALD_TLS_KEY"},
+                                       std::tuple{"tls-ca", &tls.ca_file, "HERALD_TLS_CA"}}) {
+    const char* env_value = std::getenv(env_name);
+    if (env_value != nullptr) *field = env_value;
+    for (auto [it, end] = f.values.equal_range(flag); it != end; ++it) *field = it->second;
+  }
+  auto credentials = tls.ChannelCredentials();
+  if (!credentials.ok()) {
+    *error = std::string(AsStd(credentials.status().message()));
+    return std::nullopt;
+  }
+  f.credentials = *credentials;
   return f;
 }
 
@@ -444,7 +471,7 @@ class Cluster {
 
   std::shared_ptr<grpc::Channel> Channel(const std::string& address) {
     auto& ch = channels_[address];
-    if (!ch) ch = grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+    if (!ch) ch = grpc::CreateChannel(address, flags_.credentials);
     return ch;
   }
   std::unique_ptr<v1::Admin::Stub> Admin(const std::string& address) {
