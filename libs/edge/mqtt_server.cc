@@ -608,7 +608,7 @@ class MqttSession final : public MqttServer::Endpoint {
     }
     // Not resent: the catch-up delivers it like any other message it still matches.
     if (!sent) P().resent.erase({f.partition(), f.offset()});
-    if (!inflight_.count(packet_id)) reserved_ids_.erase(packet_id);
+    if (!inflight_.count(packet_id) && extra_) extra_->reserved_ids.erase(packet_id);
     PumpCatchup();
   }
 
@@ -884,7 +884,7 @@ class MqttSession final : public MqttServer::Endpoint {
       uint16_t id = static_cast<uint16_t>(f.packet_id());
       P().stored_inflight.push_back({f.direction(), f.packet_id()});
       if (f.direction() == v1::INFLIGHT_DIRECTION_INBOUND) {
-        if (f.state() == v1::INFLIGHT_STATE_AWAITING_REL) awaiting_rel_.insert(id);
+        if (f.state() == v1::INFLIGHT_STATE_AWAITING_REL) X().awaiting_rel.insert(id);
         continue;
       }
       if (f.state() == v1::INFLIGHT_STATE_AWAITING_COMP) {
@@ -893,7 +893,7 @@ class MqttSession final : public MqttServer::Endpoint {
         inflight_[id] = Inflight{std::move(done), OutState::kAwaitComp};
         Send(mqtt::Pubrel{.packet_id = id});
       } else if (f.state() == v1::INFLIGHT_STATE_AWAITING_ACK) {
-        reserved_ids_.insert(id);
+        X().reserved_ids.insert(id);
         P().resend.push_back(f);
         P().resent.insert({f.partition(), f.offset()});
       }
@@ -940,10 +940,10 @@ class MqttSession final : public MqttServer::Endpoint {
         return;
       }
       if (!p.topic.empty()) {
-        inbound_aliases_[alias] = p.topic;
+        X().inbound_aliases[alias] = p.topic;
       } else {
-        auto it = inbound_aliases_.find(alias);
-        if (it == inbound_aliases_.end()) {
+        auto it = X().inbound_aliases.find(alias);
+        if (it == X().inbound_aliases.end()) {
           CloseWith(ReasonCode::kProtocolError);
           return;
         }
@@ -956,13 +956,13 @@ class MqttSession final : public MqttServer::Endpoint {
     }
     hub_->messages_received.fetch_add(1, std::memory_order_relaxed);
     if (p.qos == QoS::kExactlyOnce) {
-      if (awaiting_rel_.count(p.packet_id)) {
+      if (X().awaiting_rel.count(p.packet_id)) {
         // §4.3.3: a resent PUBLISH of a message already received is acknowledged again only.
         inbound_acks_.push_back(InboundAck{.packet_id = p.packet_id, .qos = p.qos, .done = true});
         FlushInboundAcks();
         return;
       }
-      if (inbound_publishing_.count(p.packet_id)) return;  // PUBREC follows once committed
+      if (X().inbound_publishing.count(p.packet_id)) return;  // PUBREC follows once committed
     }
     const MqttServerOptions& o = hub_->options;
     if (o.may_publish && !o.may_publish(client_id_, username_, p.topic)) {
@@ -989,7 +989,7 @@ class MqttSession final : public MqttServer::Endpoint {
     batch.push_back(std::move(m));
     uint64_t seq = inbound_base_ + inbound_acks_.size();
     inbound_acks_.push_back(InboundAck{.packet_id = p.packet_id, .qos = p.qos});
-    if (p.qos == QoS::kExactlyOnce) inbound_publishing_.insert(p.packet_id);
+    if (p.qos == QoS::kExactlyOnce) X().inbound_publishing.insert(p.packet_id);
     std::shared_ptr<LoopState> st = loop_state_;
     uint64_t sid = id_;
     bool sent = false;
@@ -1021,7 +1021,7 @@ class MqttSession final : public MqttServer::Endpoint {
       InboundAck a = std::move(inbound_acks_.front());
       inbound_acks_.pop_front();
       ++inbound_base_;
-      if (a.qos == QoS::kExactlyOnce) inbound_publishing_.erase(a.packet_id);
+      if (a.qos == QoS::kExactlyOnce) X().inbound_publishing.erase(a.packet_id);
       ReasonCode rc = a.refused;
       if (!a.status.ok()) {
         spdlog::warn("mqtt {} ({}): publish failed: {}", peer_, client_id_, a.status);
@@ -1042,7 +1042,7 @@ class MqttSession final : public MqttServer::Endpoint {
       // id waits for its PUBREL (3.1.1 has no way to refuse, so a denied message is dropped
       // and the exchange completes normally).
       if (rc == ReasonCode::kSuccess || version_ == Version::kV311) {
-        awaiting_rel_.insert(a.packet_id);
+        X().awaiting_rel.insert(a.packet_id);
         rc = ReasonCode::kSuccess;
       }
       Send(mqtt::Pubrec{.packet_id = a.packet_id, .reason_code = rc});
@@ -1051,7 +1051,7 @@ class MqttSession final : public MqttServer::Endpoint {
 
   void On(mqtt::Pubrel& r) {
     // §4.3.3: PUBCOMP whether or not the id is known; 5.0 says which.
-    bool known = awaiting_rel_.erase(r.packet_id) > 0;
+    bool known = X().awaiting_rel.erase(r.packet_id) > 0;
     Send(mqtt::Pubcomp{.packet_id = r.packet_id,
                        .reason_code = known || version_ == Version::kV311
                                           ? ReasonCode::kSuccess
@@ -1500,7 +1500,7 @@ class MqttSession final : public MqttServer::Endpoint {
     for (;;) {
       uint16_t id = next_packet_id_++;
       if (next_packet_id_ == 0) next_packet_id_ = 1;
-      if (!inflight_.contains(id) && !reserved_ids_.contains(id)) return id;
+      if (!inflight_.contains(id) && (!extra_ || !extra_->reserved_ids.contains(id))) return id;
     }
   }
 
@@ -1556,13 +1556,13 @@ class MqttSession final : public MqttServer::Endpoint {
       pr.subscription_identifiers = out.subscription_ids;
       if (client_alias_max_ > 0) {
         // §3.3.2.3.4: the first message on a topic sets an alias, later ones use it alone.
-        auto it = outbound_aliases_.find(p.topic);
-        if (it != outbound_aliases_.end()) {
+        auto it = X().outbound_aliases.find(p.topic);
+        if (it != X().outbound_aliases.end()) {
           pr.topic_alias = it->second;
           p.topic.clear();
-        } else if (outbound_aliases_.size() < client_alias_max_) {
+        } else if (X().outbound_aliases.size() < client_alias_max_) {
           // Recorded only once the packet is sent (below): a dropped packet sets nothing.
-          new_alias = static_cast<uint16_t>(outbound_aliases_.size() + 1);
+          new_alias = static_cast<uint16_t>(X().outbound_aliases.size() + 1);
           pr.topic_alias = new_alias;
         }
       }
@@ -1572,10 +1572,10 @@ class MqttSession final : public MqttServer::Endpoint {
       Acknowledged(out);  // §3.1.2.11.4: discarded as if sent
       return;
     }
-    if (new_alias != 0) outbound_aliases_[m.topic()] = new_alias;
+    if (new_alias != 0) X().outbound_aliases[m.topic()] = new_alias;
     if (out.qos != QoS::kAtMostOnce) {
       if (packet_id == 0) p.packet_id = NextPacketId();
-      reserved_ids_.erase(p.packet_id);
+      if (extra_) extra_->reserved_ids.erase(p.packet_id);
       OutState state =
           out.qos == QoS::kAtLeastOnce ? OutState::kAwaitAck : OutState::kAwaitRec;
       Send(p);
@@ -1811,7 +1811,7 @@ class MqttSession final : public MqttServer::Endpoint {
       m->set_packet_id(id);
       m->set_qos(static_cast<v1::QoS>(f.out.qos));
     }
-    for (uint16_t id : awaiting_rel_) {
+    for (uint16_t id : extra_ ? extra_->awaiting_rel : std::set<uint16_t>{}) {
       v1::InflightMessage* m = update.add_put_inflight();
       m->set_direction(v1::INFLIGHT_DIRECTION_INBOUND);
       m->set_packet_id(id);
@@ -1963,6 +1963,19 @@ class MqttSession final : public MqttServer::Endpoint {
     std::set<std::pair<uint32_t, uint64_t>> resent;
   };
   std::unique_ptr<Persistent> ps_;
+  // QoS 2 and topic alias state; allocated when first used (an idle connection has none).
+  struct Extra {
+    std::set<uint16_t> awaiting_rel;        // inbound QoS 2: PUBREC sent, PUBREL awaited
+    std::set<uint16_t> inbound_publishing;  // inbound QoS 2: being committed
+    std::map<uint16_t, std::string> inbound_aliases;
+    std::map<std::string, uint16_t> outbound_aliases;
+    std::set<uint16_t> reserved_ids;  // in flight in the stored session, being resent
+  };
+  std::unique_ptr<Extra> extra_;
+  Extra& X() {
+    if (!extra_) extra_ = std::make_unique<Extra>();
+    return *extra_;
+  }
   Persistent& P() {
     if (!ps_) ps_ = std::make_unique<Persistent>();
     return *ps_;
@@ -1975,17 +1988,12 @@ class MqttSession final : public MqttServer::Endpoint {
   size_t window_ = 64;
   uint32_t client_max_packet_ = 0;  // 0: no limit
   uint16_t client_alias_max_ = 0;
-  std::map<std::string, uint16_t> outbound_aliases_;
   uint16_t next_packet_id_ = 1;
   std::map<uint16_t, Inflight> inflight_;
-  std::set<uint16_t> reserved_ids_;  // in flight in the stored session, being resent
   LazyDeque<OutMessage> queue_;
   // Inbound.
   LazyDeque<InboundAck> inbound_acks_;
   uint64_t inbound_base_ = 0;
-  std::set<uint16_t> awaiting_rel_;
-  std::set<uint16_t> inbound_publishing_;
-  std::map<uint16_t, std::string> inbound_aliases_;
 };
 
 void RunOnSession(const std::shared_ptr<LoopState>& st, uint64_t sid,
