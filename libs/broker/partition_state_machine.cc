@@ -157,6 +157,12 @@ absl::StatusOr<ApplyResult> PartitionStateMachine::Apply(uint64_t index, std::st
     case v1::PartitionCommand::COMMAND_NOT_SET:
       break;  // a command from a newer version this one does not know: nothing to do
   }
+  for (uint64_t pid : dirty_producers_) {
+    auto it = producers_.find(pid);
+    if (it == producers_.end()) continue;
+    batch->Put(engine_.handle(Family::kPartition), ProducerKey(pid), it->second.SerializeAsString());
+  }
+  dirty_producers_.clear();
   state_.set_applied_index(index);
   StageState(batch);
   return result;
@@ -228,7 +234,8 @@ v1::PublishResult PartitionStateMachine::ApplyMessage(v1::Message& m, int64_t no
       rec.mutable_recent_offsets()->erase(rec.mutable_recent_offsets()->begin());
     }
     rec.set_last_publish_unix_ms(now);
-    batch->Put(engine_.handle(Family::kPartition), ProducerKey(pid), rec.SerializeAsString());
+    // Written once per command (Apply), however many of its messages this producer sent.
+    dirty_producers_.insert(pid);
   }
   r.set_epoch(state_.epoch());
   r.set_offset(offset);

@@ -191,6 +191,8 @@ class PartitionStateMachine {
   std::string MessageKey(uint64_t offset) const;
   std::string RetainedKey(std::string_view topic) const;
   std::string ProducerKey(uint64_t producer_id) const;
+  // Producers whose record changed in the command being applied.
+  std::set<uint64_t> dirty_producers_;
   std::string SessionKey(std::string_view client_id) const;
   std::string WillKey(uint64_t will_id) const;
 
