@@ -1294,27 +1294,7 @@ class MqttSession final : public MqttServer::Endpoint {
       });
       auto st = loop_state_;
       uint64_t sid = id_;
-      auto store = [this, st, sid, w, done_one](v1::SessionUpdate u) {
-        ++w->remaining;
-        u.set_client_id(client_id_);
-        u.set_owner_epoch(epoch_);
-        bool sent = false;
-        hub_->WithCore([&](CoreApi* core) {
-          if (core == nullptr) return;
-          sent = true;
-          core->UpdateSession(std::move(u), [st, sid, w, done_one](const absl::Status& s) {
-            RunOnSession(st, sid, [w, done_one, s](MqttSession& self) {
-              if (!s.ok()) w->stored = s;
-              done_one(self);
-            });
-          });
-        });
-        if (!sent) {
-          w->stored = absl::UnavailableError("server stopping");
-          done_one(*this);
-        }
-      };
-      store(std::move(update));
+      StorePositions(std::move(update), w, done_one);
       for (uint32_t p : unknown) {
         ++w->remaining;
         bool asked = false;
@@ -1352,6 +1332,7 @@ class MqttSession final : public MqttServer::Endpoint {
     done_one(*this);
   }
 
+  // Writes a subscription/position update of a SUBSCRIBE; the SUBACK waits for it (`w`).
   template <typename W, typename F>
   void StorePositions(v1::SessionUpdate u, W w, F done_one) {
     ++w->remaining;
