@@ -197,12 +197,15 @@ void AclFile::ForEachRule(const ClientInfo& client, Fn&& fn) const {
   }
 }
 
-bool AclFile::CanPublish(const ClientInfo& client, std::string_view topic) const {
+// Whether a topic name is allowed: some applicable rule other than `excluded` (read for a
+// publish, write for a delivery) matches it and no applicable deny rule does.
+bool AclFile::TopicAllowed(const ClientInfo& client, std::string_view topic,
+                           Access excluded) const {
   if (allow_all_) return true;
   if (!IsValidTopicName(topic)) return false;
   bool allowed = false, denied = false;
   ForEachRule(client, [&](Access access, std::string_view filter) {
-    if (access == Access::kRead || !mqtt::TopicMatches(filter, topic)) return true;
+    if (access == excluded || !mqtt::TopicMatches(filter, topic)) return true;
     if (access == Access::kDeny) {
       denied = true;
       return false;
@@ -213,20 +216,12 @@ bool AclFile::CanPublish(const ClientInfo& client, std::string_view topic) const
   return allowed && !denied;
 }
 
+bool AclFile::CanPublish(const ClientInfo& client, std::string_view topic) const {
+  return TopicAllowed(client, topic, /*excluded=*/Access::kRead);
+}
+
 bool AclFile::CanReceive(const ClientInfo& client, std::string_view topic) const {
-  if (allow_all_) return true;
-  if (!IsValidTopicName(topic)) return false;
-  bool allowed = false, denied = false;
-  ForEachRule(client, [&](Access access, std::string_view filter) {
-    if (access == Access::kWrite || !mqtt::TopicMatches(filter, topic)) return true;
-    if (access == Access::kDeny) {
-      denied = true;
-      return false;
-    }
-    allowed = true;
-    return true;
-  });
-  return allowed && !denied;
+  return TopicAllowed(client, topic, /*excluded=*/Access::kWrite);
 }
 
 bool AclFile::CanSubscribe(const ClientInfo& client, std::string_view filter) const {

@@ -96,6 +96,8 @@ class AclFile {
   // substituted, until fn returns false.
   template <typename Fn>
   void ForEachRule(const ClientInfo& client, Fn&& fn) const;
+  // CanPublish / CanReceive: rules of access `excluded` do not apply.
+  bool TopicAllowed(const ClientInfo& client, std::string_view topic, Access excluded) const;
 
   bool allow_all_ = false;
   std::vector<Rule> patterns_;
