@@ -107,6 +107,17 @@ void PartitionStateMachine::ApplyOther(uint64_t index, rocksdb::WriteBatch* batc
   StageState(batch);
 }
 
+void PartitionStateMachine::ApplyConf(uint64_t index, const std::vector<uint64_t>& voters,
+                                      const std::vector<uint64_t>& learners,
+                                      rocksdb::WriteBatch* batch) {
+  if (index <= state_.applied_index()) return;
+  state_.set_applied_index(index);
+  state_.mutable_conf_voters()->Assign(voters.begin(), voters.end());
+  state_.mutable_conf_learners()->Assign(learners.begin(), learners.end());
+  state_.set_conf_index(index);
+  StageState(batch);
+}
+
 absl::StatusOr<ApplyResult> PartitionStateMachine::Apply(uint64_t index, std::string_view data,
                                                          rocksdb::WriteBatch* batch) {
   ApplyResult result;

@@ -151,6 +151,10 @@ class PartitionStateMachine {
                                                                int64_t max_age_ms,
                                                                uint64_t max_bytes) const;
 
+  // Records that the entry at `index` changed the group's membership to `conf`.
+  void ApplyConf(uint64_t index, const std::vector<uint64_t>& voters,
+                 const std::vector<uint64_t>& learners, rocksdb::WriteBatch* batch);
+
   uint32_t partition() const { return partition_; }
   uint64_t applied_index() const { return state_.applied_index(); }
   const v1::PartitionStateRecord& state() const { return state_; }

@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <charconv>
+#include <future>
 #include <latch>
+#include <set>
 #include <optional>
 #include <thread>
 
@@ -44,15 +46,17 @@ AdminService::AdminService(RaftHost& host, AdminServiceOptions options)
     : host_(host), options_(std::move(options)) {}
 
 std::vector<raft::NodeId> AdminService::PlacementOf(uint32_t partition) const {
+  std::vector<raft::NodeId> assigned = options_.directory->Replicas(partition);
+  if (!assigned.empty()) return assigned;
   std::vector<raft::NodeId> nodes;
-  for (const auto& [id, addr] : options_.node_addresses) nodes.push_back(id);
+  for (const auto& [id, addr] : options_.directory->Addresses()) nodes.push_back(id);
   return PlaceReplicas(partition, nodes, options_.replication_factor);
 }
 
 void AdminService::FillEndpoint(raft::NodeId node, v1::Endpoint* endpoint) const {
-  auto it = options_.node_addresses.find(node);
-  if (it == options_.node_addresses.end()) return;
-  const std::string& addr = it->second;
+  std::optional<std::string> found = options_.directory->Address(node);
+  if (!found.has_value()) return;
+  const std::string& addr = *found;
   size_t colon = addr.rfind(':');
   std::string host = addr.substr(0, colon);
   if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
@@ -111,69 +115,152 @@ std::map<uint32_t, PartitionView> ReadPartitions(RaftHost& host, std::vector<uin
 grpc::Status AdminService::GetClusterStatus(grpc::ServerContext*,
                                             const v1::GetClusterStatusRequest*,
                                             v1::GetClusterStatusResponse* resp) {
-  const std::map<uint32_t, PartitionView> hosted = ReadPartitions(host_, {});
+  std::set<raft::NodeId> answered;
+  const std::map<uint32_t, v1::PartitionStatus> gathered = GatherPartitions(&answered);
+  const v1::MetadataStateRecord rec = options_.directory->Record();
 
   v1::ClusterMetadata* md = resp->mutable_metadata();
   md->set_cluster_id(options_.cluster_id);
-  // version stays 0: there is no metadata group (and no replicated metadata version) yet.
+  md->set_version(rec.applied_index());
   md->set_partition_count(options_.partition_count);
-  for (const auto& [id, addr] : options_.node_addresses) {  // std::map: sorted by node id
-    v1::NodeInfo* n = md->add_nodes();
-    n->set_node_id(id);
-    // One gRPC server per node serves Broker, Admin and the Raft transport.
-    FillEndpoint(id, n->mutable_api_endpoint());
-    FillEndpoint(id, n->mutable_peer_endpoint());
-    // Static membership: every listed node is a member; nothing is ever draining.
-    n->set_state(v1::NODE_STATE_ACTIVE);
+  if (rec.initialized()) {
+    *md->mutable_nodes() = rec.nodes();
+  } else {
+    for (const auto& [id, addr] : options_.directory->Addresses()) {  // sorted by node id
+      v1::NodeInfo* n = md->add_nodes();
+      n->set_node_id(id);
+      // One gRPC server per node serves Broker, Admin and the Raft transport.
+      FillEndpoint(id, n->mutable_api_endpoint());
+      FillEndpoint(id, n->mutable_peer_endpoint());
+      n->set_state(v1::NODE_STATE_ACTIVE);
+    }
   }
+  size_t active = 0;
+  for (const v1::NodeInfo& n : md->nodes()) active += n.state() == v1::NODE_STATE_ACTIVE;
 
   std::map<raft::NodeId, uint32_t> replicas, leads;
   uint32_t without_leader = 0;
   for (uint32_t p = 0; p < options_.partition_count; ++p) {
     v1::PartitionInfo* info = md->add_partitions();
-    info->set_partition(p);
-    info->set_group_id(GroupForPartition(p));
-    auto it = hosted.find(p);
-    if (it == hosted.end()) {
-      // Not hosted here: the static placement is known, leadership is not (leader stays 0).
-      for (raft::NodeId id : PlacementOf(p)) info->add_voters(id);
-    } else {
-      const PartitionView& v = it->second;
-      for (raft::NodeId id : v.status.conf_state.voters) info->add_voters(id);
-      for (raft::NodeId id : v.status.conf_state.learners) info->add_learners(id);
-      info->set_epoch(v.epoch);
-      if (v.status.leader != 0) {
-        info->set_leader_node_id(v.status.leader);
-        info->set_leader_term(v.status.term);
-        ++leads[v.status.leader];
+    auto it = gathered.find(p);
+    if (it != gathered.end()) {
+      *info = it->second.info();
+      if (info->leader_node_id() != 0) {
+        ++leads[info->leader_node_id()];
       } else {
         ++without_leader;
       }
+    } else {
+      info->set_partition(p);
+      info->set_group_id(GroupForPartition(p));
+      for (raft::NodeId id : PlacementOf(p)) info->add_voters(id);
+      ++without_leader;
     }
     for (uint64_t id : info->voters()) ++replicas[id];
     for (uint64_t id : info->learners()) ++replicas[id];
   }
 
   resp->set_answered_by_node_id(options_.node_id);
-  // controller_node_id and controller_term stay 0 (unknown): there is no metadata group yet.
-  for (const auto& [id, addr] : options_.node_addresses) {
+  if (std::optional<GroupStatus> meta = host_.MetadataStatus(); meta.has_value()) {
+    resp->set_controller_node_id(meta->leader);
+    resp->set_controller_term(meta->term);
+  }
+  for (const v1::NodeInfo& n : md->nodes()) {
     v1::NodeStatus* ns = resp->add_nodes();
-    ns->set_node_id(id);
-    // The Raft transport does not report the state of its streams yet, so reachability of other
-    // nodes is unknown and left false; only this node is known to be reachable.
-    ns->set_reachable(id == options_.node_id);
-    // Counted over the partitions hosted here only (with static placement, others are unknown).
-    ns->set_leader_count(leads[id]);
-    ns->set_replica_count(replicas[id]);
+    ns->set_node_id(n.node_id());
+    // Reachable: it answered the partition survey just made.
+    ns->set_reachable(n.node_id() == options_.node_id || answered.count(n.node_id()) != 0);
+    ns->set_leader_count(leads[n.node_id()]);
+    ns->set_replica_count(replicas[n.node_id()]);
   }
   // The effective value: placement caps the replication factor at the number of nodes.
   resp->set_replication_factor(static_cast<uint32_t>(
-      std::min<size_t>(options_.node_addresses.size(),
+      std::min<size_t>(std::max<size_t>(active, 1),
                        static_cast<size_t>(std::max(1, options_.replication_factor)))));
-  // Among the partitions hosted here; whether the others have a leader is unknown.
   resp->set_partitions_without_leader(without_leader);
-  // under_replicated_partitions stays 0: it needs the reachability of voters, which is unknown.
+  uint32_t under = 0;
+  for (const v1::PartitionInfo& info : md->partitions()) {
+    uint32_t reachable = 0;
+    for (uint64_t id : info.voters()) {
+      reachable += id == options_.node_id || answered.count(id) != 0 ? 1 : 0;
+    }
+    under += reachable < resp->replication_factor() ? 1 : 0;
+  }
+  resp->set_under_replicated_partitions(under);
   return grpc::Status::OK;
+}
+
+v1::Admin::Stub* AdminService::StubFor(raft::NodeId node) {
+  std::optional<std::string> addr = options_.directory->Address(node);
+  if (!addr.has_value()) return nullptr;
+  std::lock_guard<std::mutex> l(stubs_mu_);
+  auto& stub = stubs_[*addr];
+  if (!stub) {
+    auto creds = options_.channel_credentials ? options_.channel_credentials
+                                              : grpc::InsecureChannelCredentials();
+    stub = v1::Admin::NewStub(grpc::CreateChannel(*addr, creds));
+  }
+  return stub.get();
+}
+
+std::map<uint32_t, v1::PartitionStatus> AdminService::GatherPartitions(
+    std::set<raft::NodeId>* answered) {
+  std::vector<raft::NodeId> nodes;
+  for (const auto& [id, addr] : options_.directory->Addresses()) nodes.push_back(id);
+  if (std::find(nodes.begin(), nodes.end(), options_.node_id) == nodes.end()) {
+    nodes.push_back(options_.node_id);
+  }
+  std::vector<std::optional<v1::ListPartitionsResponse>> answers(nodes.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    if (nodes[i] == options_.node_id) {
+      v1::ListPartitionsResponse local;
+      LocalPartitions({}, &local);
+      answers[i] = std::move(local);
+      continue;
+    }
+    v1::Admin::Stub* stub = StubFor(nodes[i]);
+    if (stub == nullptr) continue;
+    threads.emplace_back([stub, &answers, i] {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(1000));
+      v1::ListPartitionsRequest req;
+      req.set_local_only(true);
+      v1::ListPartitionsResponse resp;
+      if (stub->ListPartitions(&ctx, req, &resp).ok()) answers[i] = std::move(resp);
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  std::map<uint32_t, v1::PartitionStatus> out;
+  std::map<uint32_t, bool> from_leader;
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    if (!answers[i].has_value()) continue;
+    if (answered != nullptr) answered->insert(nodes[i]);
+    for (v1::PartitionStatus& ps : *answers[i]->mutable_partitions()) {
+      if (ps.has_error()) continue;
+      const uint32_t p = ps.info().partition();
+      const bool leader = ps.info().leader_node_id() == nodes[i];
+      auto it = out.find(p);
+      bool better = it == out.end() || (leader && !from_leader[p]) ||
+                    (leader == from_leader[p] &&
+                     ps.info().leader_term() > it->second.info().leader_term());
+      if (better) {
+        out[p] = std::move(ps);
+        from_leader[p] = leader;
+      }
+    }
+  }
+  return out;
+}
+
+absl::Status AdminService::ProposeMetadata(const v1::MetadataCommand& cmd, raft::NodeId* leader) {
+  std::promise<ProposalResult> done;
+  auto f = done.get_future();
+  host_.Propose(kMetadataGroup, cmd.SerializeAsString(),
+                [&done](ProposalResult r) { done.set_value(std::move(r)); });
+  ProposalResult r = f.get();
+  *leader = r.leader_hint;
+  return r.status;
 }
 
 grpc::Status AdminService::ListPartitions(grpc::ServerContext*,
@@ -188,26 +275,49 @@ grpc::Status AdminService::ListPartitions(grpc::ServerContext*,
                    p);
     }
   }
+  if (req->local_only()) {
+    LocalPartitions(requested, resp);
+    return grpc::Status::OK;
+  }
+  std::map<uint32_t, v1::PartitionStatus> gathered = GatherPartitions();
+  if (requested.empty()) {
+    for (uint32_t p = 0; p < options_.partition_count; ++p) requested.push_back(p);
+  }
+  for (uint32_t p : requested) {
+    v1::PartitionStatus* ps = resp->add_partitions();
+    auto it = gathered.find(p);
+    if (it != gathered.end()) {
+      *ps = it->second;
+      continue;
+    }
+    v1::PartitionInfo* info = ps->mutable_info();
+    info->set_partition(p);
+    info->set_group_id(GroupForPartition(p));
+    for (raft::NodeId id : PlacementOf(p)) info->add_voters(id);
+    v1::ErrorInfo* e = ps->mutable_error();
+    e->set_code(v1::ERROR_CODE_PARTITION_UNAVAILABLE);
+    e->set_message(StrCat("no replica of partition ", p, " answered (replicas: ",
+                          JoinIds(PlacementOf(p)), ")"));
+    e->set_partition(p);
+  }
+  return grpc::Status::OK;
+}
+
+void AdminService::LocalPartitions(const std::vector<uint32_t>& wanted,
+                                   v1::ListPartitionsResponse* resp) {
+  std::vector<uint32_t> requested = wanted;
   const std::map<uint32_t, PartitionView> views = ReadPartitions(host_, requested);
   // Empty request: the hosted partitions in partition order (std::map), not all P of them.
   if (requested.empty()) {
     for (const auto& [p, v] : views) requested.push_back(p);
   }
   for (uint32_t p : requested) {
+    auto it = views.find(p);
+    if (it == views.end()) continue;  // not hosted here
     v1::PartitionStatus* ps = resp->add_partitions();
     v1::PartitionInfo* info = ps->mutable_info();
     info->set_partition(p);
     info->set_group_id(GroupForPartition(p));
-    auto it = views.find(p);
-    if (it == views.end()) {
-      for (raft::NodeId id : PlacementOf(p)) info->add_voters(id);
-      v1::ErrorInfo* e = ps->mutable_error();
-      e->set_code(v1::ERROR_CODE_PARTITION_UNAVAILABLE);
-      e->set_message(StrCat("partition ", p, " is not hosted on node ", options_.node_id,
-                            " (replicas: ", JoinIds(PlacementOf(p)), ")"));
-      e->set_partition(p);
-      continue;
-    }
     const PartitionView& v = it->second;
     const GroupStatus& st = v.status;
     for (raft::NodeId id : st.conf_state.voters) info->add_voters(id);
@@ -234,7 +344,6 @@ grpc::Status AdminService::ListPartitions(grpc::ServerContext*,
       r->set_role(v1::REPLICA_ROLE_LEARNER);
     }
   }
-  return grpc::Status::OK;
 }
 
 grpc::Status AdminService::TransferLeadership(grpc::ServerContext* ctx,
@@ -340,21 +449,119 @@ grpc::Status AdminService::TransferLeadership(grpc::ServerContext* ctx,
 }
 
 namespace {
-constexpr const char* kStaticMembership =
-    "membership is static until the metadata group lands: the cluster is the cluster.peers list "
-    "every node was started with";
-}  // namespace
 
-grpc::Status AdminService::AddNode(grpc::ServerContext*, const v1::AddNodeRequest*,
-                                   v1::AddNodeResponse*) {
-  return Error(grpc::StatusCode::UNIMPLEMENTED, v1::ERROR_CODE_UNSPECIFIED,
-               StrCat("AddNode: ", kStaticMembership));
+const v1::NodeInfo* FindNode(const v1::MetadataStateRecord& rec, uint64_t id) {
+  for (const v1::NodeInfo& n : rec.nodes()) {
+    if (n.node_id() == id) return &n;
+  }
+  return nullptr;
 }
 
-grpc::Status AdminService::RemoveNode(grpc::ServerContext*, const v1::RemoveNodeRequest*,
-                                      v1::RemoveNodeResponse*) {
-  return Error(grpc::StatusCode::UNIMPLEMENTED, v1::ERROR_CODE_UNSPECIFIED,
-               StrCat("RemoveNode: ", kStaticMembership));
+}  // namespace
+
+grpc::Status AdminService::AddNode(grpc::ServerContext*, const v1::AddNodeRequest* req,
+                                   v1::AddNodeResponse* resp) {
+  if (req->node_id() == 0) {
+    return Error(grpc::StatusCode::INVALID_ARGUMENT, v1::ERROR_CODE_INVALID_ARGUMENT,
+                 "node_id is required (ids are chosen by the operator: core.node_id)");
+  }
+  if (req->peer_endpoint().host().empty() || req->peer_endpoint().port() == 0) {
+    return Error(grpc::StatusCode::INVALID_ARGUMENT, v1::ERROR_CODE_INVALID_ARGUMENT,
+                 "peer_endpoint is required");
+  }
+  v1::MetadataStateRecord rec = options_.directory->Record();
+  if (!rec.initialized()) {
+    return Error(grpc::StatusCode::UNAVAILABLE, v1::ERROR_CODE_PARTITION_UNAVAILABLE,
+                 "the cluster's metadata is not initialized yet; retry");
+  }
+  auto same = [&](const v1::NodeInfo& n) {
+    return EndpointAddress(n.peer_endpoint()) == EndpointAddress(req->peer_endpoint());
+  };
+  if (const v1::NodeInfo* n = FindNode(rec, req->node_id()); n != nullptr) {
+    if (!same(*n)) {
+      return Error(grpc::StatusCode::INVALID_ARGUMENT, v1::ERROR_CODE_INVALID_ARGUMENT,
+                   StrCat("node ", req->node_id(), " is already a member at ",
+                          EndpointAddress(n->peer_endpoint())));
+    }
+    *resp->mutable_node() = *n;
+    resp->mutable_metadata()->set_cluster_id(options_.cluster_id);
+    resp->mutable_metadata()->set_partition_count(options_.partition_count);
+    *resp->mutable_metadata()->mutable_nodes() = rec.nodes();
+    return grpc::Status::OK;
+  }
+  v1::MetadataCommand cmd;
+  v1::NodeInfo* add = cmd.mutable_add_node();
+  add->set_node_id(req->node_id());
+  *add->mutable_peer_endpoint() = req->peer_endpoint();
+  *add->mutable_api_endpoint() =
+      req->has_api_endpoint() ? req->api_endpoint() : req->peer_endpoint();
+  add->set_state(v1::NODE_STATE_ACTIVE);
+  raft::NodeId leader = 0;
+  absl::Status st = ProposeMetadata(cmd, &leader);
+  if (!st.ok()) {
+    if (leader != 0 && leader != options_.node_id) {
+      if (v1::Admin::Stub* stub = StubFor(leader); stub != nullptr) {
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+        return stub->AddNode(&ctx, *req, resp);  // the controller answers
+      }
+    }
+    return Error(grpc::StatusCode::UNAVAILABLE, v1::ERROR_CODE_NOT_LEADER,
+                 StrCat("metadata group: ", st.message()));
+  }
+  // Applied on this node (the controller) when the proposal answered.
+  *resp->mutable_node() = *add;
+  v1::MetadataStateRecord now = options_.directory->Record();
+  resp->mutable_metadata()->set_cluster_id(options_.cluster_id);
+  resp->mutable_metadata()->set_version(now.applied_index());
+  resp->mutable_metadata()->set_partition_count(options_.partition_count);
+  *resp->mutable_metadata()->mutable_nodes() = now.nodes();
+  return grpc::Status::OK;
+}
+
+grpc::Status AdminService::RemoveNode(grpc::ServerContext*, const v1::RemoveNodeRequest* req,
+                                      v1::RemoveNodeResponse* resp) {
+  v1::MetadataStateRecord rec = options_.directory->Record();
+  if (!rec.initialized()) {
+    return Error(grpc::StatusCode::UNAVAILABLE, v1::ERROR_CODE_PARTITION_UNAVAILABLE,
+                 "the cluster's metadata is not initialized yet; retry");
+  }
+  const v1::NodeInfo* n = FindNode(rec, req->node_id());
+  if (n == nullptr) {
+    return Error(grpc::StatusCode::NOT_FOUND, v1::ERROR_CODE_NODE_NOT_FOUND,
+                 StrCat("node ", req->node_id(), " is not a member"));
+  }
+  if (n->state() == v1::NODE_STATE_DRAINING) {
+    *resp->mutable_node() = *n;
+    return grpc::Status::OK;
+  }
+  int active = 0;
+  for (const v1::NodeInfo& m : rec.nodes()) active += m.state() == v1::NODE_STATE_ACTIVE;
+  if (active - 1 < std::max(1, options_.replication_factor)) {
+    return Error(grpc::StatusCode::FAILED_PRECONDITION, v1::ERROR_CODE_NOT_ENOUGH_NODES,
+                 StrCat("removing node ", req->node_id(), " would leave ", active - 1,
+                        " active node(s), fewer than the replication factor ",
+                        options_.replication_factor));
+  }
+  v1::MetadataCommand cmd;
+  cmd.mutable_set_node_state()->set_node_id(req->node_id());
+  cmd.mutable_set_node_state()->set_state(v1::NODE_STATE_DRAINING);
+  raft::NodeId leader = 0;
+  absl::Status st = ProposeMetadata(cmd, &leader);
+  if (!st.ok()) {
+    if (leader != 0 && leader != options_.node_id) {
+      if (v1::Admin::Stub* stub = StubFor(leader); stub != nullptr) {
+        grpc::ClientContext ctx;
+        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+        return stub->RemoveNode(&ctx, *req, resp);
+      }
+    }
+    return Error(grpc::StatusCode::UNAVAILABLE, v1::ERROR_CODE_NOT_LEADER,
+                 StrCat("metadata group: ", st.message()));
+  }
+  *resp->mutable_node() = *n;
+  resp->mutable_node()->set_state(v1::NODE_STATE_DRAINING);
+  return grpc::Status::OK;
 }
 
 }  // namespace herald::cluster

@@ -22,7 +22,12 @@
 
 #include <chrono>
 #include <map>
+#include <memory>
+#include <mutex>
+#include <set>
 #include <string>
+
+#include <grpcpp/security/credentials.h>
 
 #include "herald/v1/admin.grpc.pb.h"
 #include "libs/cluster/raft_host.h"
@@ -35,8 +40,10 @@ struct AdminServiceOptions {
   uint32_t partition_count = 8;
   int replication_factor = 3;
   // Every node of the cluster (this one included) -> its gRPC address "host:port" (Broker,
-  // Admin and Raft transport share it).
-  std::map<raft::NodeId, std::string> node_addresses;
+  // Admin and Raft transport share it), and the applied metadata. Required.
+  std::shared_ptr<NodeDirectory> directory = std::make_shared<NodeDirectory>();
+  // Credentials of channels to other nodes (insecure when null).
+  std::shared_ptr<grpc::ChannelCredentials> channel_credentials;
   // TransferLeadership waits at most this long for the new leader when the caller set no
   // deadline.
   std::chrono::milliseconds default_transfer_timeout{5000};
@@ -60,6 +67,16 @@ class AdminService final : public v1::Admin::Service {
   grpc::Status RemoveNode(grpc::ServerContext* ctx, const v1::RemoveNodeRequest* req,
                           v1::RemoveNodeResponse* resp) override;
 
+  // Every partition's status as its leader reports it (or, without an answer from a leader,
+  // the freshest answer of any replica), asking every known node. Partitions nobody answered
+  // for are absent. Blocks up to about a second.
+  std::map<uint32_t, v1::PartitionStatus> GatherPartitions(
+      std::set<raft::NodeId>* answered = nullptr);
+  // Proposes a metadata command on this node (the controller) and waits for its apply;
+  // Unavailable with the controller's id in *leader when another node leads the metadata group.
+  absl::Status ProposeMetadata(const v1::MetadataCommand& cmd, raft::NodeId* leader);
+  v1::Admin::Stub* StubFor(raft::NodeId node);
+
  private:
   // Placement of `partition` by static membership (the same on every node).
   std::vector<raft::NodeId> PlacementOf(uint32_t partition) const;
@@ -67,8 +84,12 @@ class AdminService final : public v1::Admin::Service {
   void FillLeaderHint(raft::NodeId leader, uint64_t term, v1::LeaderHint* hint) const;
   void FillEndpoint(raft::NodeId node, v1::Endpoint* endpoint) const;
 
+  void LocalPartitions(const std::vector<uint32_t>& requested, v1::ListPartitionsResponse* resp);
+
   RaftHost& host_;
   const AdminServiceOptions options_;
+  std::mutex stubs_mu_;
+  std::map<std::string, std::unique_ptr<v1::Admin::Stub>> stubs_;  // by address
 };
 
 }  // namespace herald::cluster

@@ -64,9 +64,8 @@ void BrokerService::SetNotLeader(raft::NodeId leader, uint64_t term, v1::ErrorIn
   v1::LeaderHint* hint = error->mutable_leader_hint();
   hint->set_node_id(leader);
   hint->set_term(term);
-  auto it = options_.broker_addresses.find(leader);
-  if (it != options_.broker_addresses.end()) {
-    const std::string& addr = it->second;
+  if (std::optional<std::string> found = options_.directory->Address(leader); found) {
+    const std::string& addr = *found;
     size_t colon = addr.rfind(':');
     uint32_t port = 0;
     if (colon != std::string::npos) {

@@ -28,7 +28,7 @@ namespace herald::cluster {
 struct BrokerServiceOptions {
   uint32_t partition_count = 8;
   // Node id -> its Broker API address ("host:port"), for NOT_LEADER hints.
-  std::map<raft::NodeId, std::string> broker_addresses;
+  std::shared_ptr<NodeDirectory> directory = std::make_shared<NodeDirectory>();
   uint32_t max_messages_per_request = 10'000;
   uint64_t max_message_bytes = 1 << 20;
   uint32_t fetch_default_max_messages = 1000;

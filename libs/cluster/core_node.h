@@ -2,14 +2,20 @@
 // gRPC server for the Broker API and the Raft transport. herald-core runs one; the all-in-one
 // herald runs one with a single replica.
 //
-// Membership is static for now: every node is started with the same peer list, and partition p
-// is replicated on the replication_factor nodes that follow p in node-id order (a placement
-// every node computes alike). Joining, leaving and moving replicas come with the metadata group.
+// Membership: the founding nodes are started with the same peer list (cluster.peers) and found
+// the metadata group (group 0) and the partitions, placed as PlaceReplicas says. Later nodes
+// start with cluster.join and are added by the controller (the metadata group's leader), which
+// also moves replicas off draining nodes and onto new ones and balances leadership
+// (docs/core.md "Membership and placement").
 #pragma once
 
 #include <grpcpp/grpcpp.h>
 
+#include <condition_variable>
 #include <map>
+#include <mutex>
+#include <optional>
+#include <thread>
 #include <memory>
 #include <string>
 #include <vector>
@@ -34,6 +40,11 @@ struct CoreNodeConfig {
   std::string listen = "127.0.0.1:7070";
   // Every core node as "id=host:port", this one included. Empty: a single-node cluster.
   std::vector<std::string> peers;
+  // A node of an existing cluster to join through ("host:port"); this node then starts with no
+  // peers and asks the controller to add it.
+  std::string join;
+  // The controller evens out partition leaderships across nodes.
+  bool balance_leaders = true;
   int partitions = 8;
   int replication_factor = 3;
   absl::Duration raft_tick = absl::Milliseconds(100);
@@ -59,6 +70,11 @@ std::vector<raft::NodeId> PlaceReplicas(uint32_t partition, const std::vector<ra
 
 class CoreNode {
  public:
+  // Voters of the metadata group (the other nodes hold it as learners).
+  static constexpr size_t kMetadataVoters = 5;
+  // Partitions the controller moves at the same time.
+  static constexpr int kMaxMoves = 2;
+
   explicit CoreNode(CoreNodeConfig config) : config_(std::move(config)) {}
   ~CoreNode();
 
@@ -84,6 +100,22 @@ class CoreNode {
   std::unique_ptr<BrokerService> broker_service_;
   std::unique_ptr<AdminService> admin_service_;
   std::unique_ptr<grpc::Server> server_;
+  std::shared_ptr<NodeDirectory> directory_;
+  std::vector<raft::NodeId> founding_;  // cluster.peers (empty when joining)
+
+  // Membership: the controller's duties when this node leads the metadata group, and every
+  // node's own (replicas to create and to delete, membership steps of groups it leads).
+  void MembershipLoop();
+  void MembershipRound(int round);
+  void ControllerRound(const v1::MetadataStateRecord& rec);
+  std::optional<MembershipTarget> TargetOf(const v1::MetadataStateRecord& rec, GroupId group);
+  void JoinLoop();
+  std::thread membership_thread_;
+  std::thread join_thread_;
+  std::mutex membership_mu_;
+  std::condition_variable membership_cv_;
+  bool membership_stop_ = false;
+  bool membership_kick_ = false;
   std::string address_;
   bool peers_single_node_ = true;
   std::shared_ptr<CoreMetricsSource> metrics_source_ = std::make_shared<CoreMetricsSource>();

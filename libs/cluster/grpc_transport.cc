@@ -6,6 +6,7 @@
 
 #include "libs/cluster/raft_wire.h"
 #include "libs/common/logging.h"
+#include "libs/storage/keys.h"
 
 namespace herald::cluster {
 
@@ -117,31 +118,74 @@ class GrpcRaftTransport::PeerSender {
   std::atomic<uint64_t> dropped_{0};
 };
 
+namespace {
+
+// Snapshot data is a stream of records: [key length u32][key][value length u32][value].
+constexpr size_t kSnapshotChunkBytes = 1 << 20;
+constexpr uint32_t kSnapshotFormat = 1;
+
+uint32_t Crc32cTableEntry(uint32_t i) {
+  uint32_t c = i;
+  for (int k = 0; k < 8; ++k) c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+  return c;
+}
+
+}  // namespace
+
+uint32_t Crc32c(uint32_t crc, std::string_view data) {
+  static const auto* table = [] {
+    auto* t = new uint32_t[256];
+    for (uint32_t i = 0; i < 256; ++i) t[i] = Crc32cTableEntry(i);
+    return t;
+  }();
+  crc = ~crc;
+  for (unsigned char b : data) crc = table[(crc ^ b) & 0xff] ^ (crc >> 8);
+  return ~crc;
+}
+
 GrpcRaftTransport::GrpcRaftTransport(raft::NodeId self, std::string cluster_id,
                                      const std::map<raft::NodeId, std::string>& peers,
                                      std::shared_ptr<grpc::ChannelCredentials> credentials,
                                      size_t max_queued_batches)
-    : self_(self) {
-  if (!credentials) credentials = grpc::InsecureChannelCredentials();
+    : self_(self),
+      cluster_id_(std::move(cluster_id)),
+      credentials_(credentials ? std::move(credentials) : grpc::InsecureChannelCredentials()),
+      max_queued_batches_(max_queued_batches) {
+  UpdatePeers(peers);
+}
+
+GrpcRaftTransport::~GrpcRaftTransport() {
+  std::vector<std::thread> threads;
+  {
+    std::lock_guard<std::mutex> l(transfers_mu_);
+    stopping_ = true;
+    for (grpc::ClientContext* ctx : transfer_contexts_) ctx->TryCancel();
+    threads = std::move(transfer_threads_);
+  }
+  for (std::thread& t : threads) t.join();
+}
+
+void GrpcRaftTransport::UpdatePeers(const std::map<raft::NodeId, std::string>& peers) {
   for (const auto& [id, address] : peers) {
-    if (id == self) continue;
-    senders_[id] = std::make_unique<PeerSender>(self, id, cluster_id, address, credentials,
-                                                max_queued_batches);
+    if (id == self_) continue;
+    auto known = addresses_.find(id);
+    if (known != addresses_.end() && known->second == address) continue;
+    auto sender = std::make_unique<PeerSender>(self_, id, cluster_id_, address, credentials_,
+                                               max_queued_batches_);
+    std::unique_ptr<PeerSender> old;
+    {
+      std::lock_guard<std::mutex> l(senders_mu_);
+      old = std::move(senders_[id]);
+      senders_[id] = std::move(sender);
+    }
+    addresses_[id] = address;
+    if (old) spdlog::info("raft transport: node {} moved to {}", id, address);
   }
 }
 
-GrpcRaftTransport::~GrpcRaftTransport() = default;
-
 void GrpcRaftTransport::Send(GroupId group, raft::Message message) {
   if (senders_.count(message.to) == 0) return;  // unknown peer
-  if (message.type == raft::MessageType::kSnapshot && message.snapshot &&
-      !message.snapshot->data.empty()) {
-    spdlog::warn(
-        "raft group {}: snapshot with data for node {} dropped (snapshot streaming is "
-        "not supported yet)",
-        group, message.to);
-    return;
-  }
+  if (message.type == raft::MessageType::kSnapshot) return;  // only through SendSnapshot
   v1::GroupMessage* gm = pending_[message.to].add_messages();
   gm->set_group_id(group);
   ToProto(message, gm->mutable_message());
@@ -156,9 +200,113 @@ void GrpcRaftTransport::Flush() {
 }
 
 uint64_t GrpcRaftTransport::dropped_batches() const {
+  std::lock_guard<std::mutex> l(senders_mu_);
   uint64_t n = 0;
   for (const auto& [id, s] : senders_) n += s->dropped();
   return n;
+}
+
+void GrpcRaftTransport::SendSnapshot(GroupId group, raft::Message message,
+                                     std::shared_ptr<SnapshotSource> source) {
+  auto address = addresses_.find(message.to);
+  if (address == addresses_.end()) return;
+  std::lock_guard<std::mutex> l(transfers_mu_);
+  if (stopping_ || transfers_.count({group, message.to}) != 0) return;  // one at a time
+  if (transfers_.empty()) {
+    // Every earlier transfer thread has left its last critical section: join them (transfers
+    // are rare, so they never pile up).
+    for (std::thread& t : transfer_threads_) t.join();
+    transfer_threads_.clear();
+  }
+  transfers_.emplace(group, message.to);
+  transfer_threads_.emplace_back([this, group, message = std::move(message),
+                                  source = std::move(source), addr = address->second]() mutable {
+    raft::NodeId to = message.to;
+    RunSnapshotTransfer(group, std::move(message), std::move(source), std::move(addr));
+    std::lock_guard<std::mutex> l(transfers_mu_);
+    transfers_.erase({group, to});
+  });
+}
+
+void GrpcRaftTransport::RunSnapshotTransfer(GroupId group, raft::Message message,
+                                            std::shared_ptr<SnapshotSource> source,
+                                            std::string address) {
+  const raft::NodeId to = message.to;
+  const uint64_t index = source->index;
+  auto start = std::chrono::steady_clock::now();
+  grpc::ChannelArguments args;
+  args.SetMaxSendMessageSize(-1);
+  auto stub = v1::RaftTransport::NewStub(grpc::CreateCustomChannel(address, credentials_, args));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(10));
+  {
+    std::lock_guard<std::mutex> l(transfers_mu_);
+    if (stopping_) return;
+    transfer_contexts_.insert(&ctx);
+  }
+  v1::InstallSnapshotResponse response;
+  auto writer = stub->InstallSnapshot(&ctx, &response);
+  v1::SnapshotChunk chunk;
+  v1::SnapshotHeader* h = chunk.mutable_header();
+  h->set_cluster_id(cluster_id_);
+  h->set_from_node_id(self_);
+  h->set_group_id(group);
+  ToProto(message, h->mutable_message());
+  h->set_format_version(kSnapshotFormat);
+  bool ok = writer->Write(chunk);
+  chunk.Clear();
+
+  uint64_t offset = 0;
+  uint32_t crc = 0;
+  uint64_t records = 0;
+  std::string buf;
+  auto flush = [&](bool final) {
+    crc = Crc32c(crc, buf);
+    chunk.set_offset(offset);
+    chunk.set_crc32c(crc);
+    chunk.set_final(final);
+    offset += buf.size();
+    chunk.set_data(std::move(buf));
+    buf.clear();
+    ok = ok && writer->Write(chunk);
+    chunk.Clear();
+  };
+  rocksdb::ReadOptions ro;
+  ro.snapshot = source->db_snapshot;
+  ro.fill_cache = false;
+  std::unique_ptr<rocksdb::Iterator> it =
+      source->engine.NewIterator(storage::Family::kPartition, ro);
+  for (it->Seek(source->prefix); ok && it->Valid() && it->key().starts_with(source->prefix);
+       it->Next()) {
+    storage::PutU32(&buf, static_cast<uint32_t>(it->key().size()));
+    buf.append(it->key().data(), it->key().size());
+    storage::PutU32(&buf, static_cast<uint32_t>(it->value().size()));
+    buf.append(it->value().data(), it->value().size());
+    ++records;
+    if (buf.size() >= kSnapshotChunkBytes) flush(false);
+  }
+  if (ok && !it->status().ok()) {
+    spdlog::error("raft group {}: reading snapshot at {}: {}", group, index,
+                  it->status().ToString());
+    ok = false;
+  }
+  it.reset();
+  source.reset();  // release the database snapshot as soon as it has been read
+  if (ok) flush(true);
+  if (ok) ok = writer->WritesDone();
+  grpc::Status st = writer->Finish();
+  {
+    std::lock_guard<std::mutex> l(transfers_mu_);
+    transfer_contexts_.erase(&ctx);
+  }
+  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (ok && st.ok()) {
+    spdlog::info("raft group {}: snapshot at {} sent to node {} ({} records, {} bytes, {:.2f} s)",
+                 group, index, to, records, offset, secs);
+  } else {
+    spdlog::warn("raft group {}: snapshot at {} to node {} failed: {}", group, index, to,
+                 st.ok() ? std::string("stream broken") : st.error_message());
+  }
 }
 
 RaftTransportService::RaftTransportService(std::string cluster_id, raft::NodeId self,
@@ -194,9 +342,85 @@ grpc::Status RaftTransportService::Stream(
 }
 
 grpc::Status RaftTransportService::InstallSnapshot(grpc::ServerContext*,
-                                                   grpc::ServerReader<v1::SnapshotChunk>*,
-                                                   v1::InstallSnapshotResponse*) {
-  return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "snapshot streaming is not supported yet");
+                                                   grpc::ServerReader<v1::SnapshotChunk>* reader,
+                                                   v1::InstallSnapshotResponse* response) {
+  v1::SnapshotChunk chunk;
+  if (!reader->Read(&chunk) || !chunk.has_header()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "first chunk must carry the header");
+  }
+  const v1::SnapshotHeader& h = chunk.header();
+  if (h.cluster_id() != cluster_id_) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "cluster id mismatch");
+  }
+  if (h.format_version() != kSnapshotFormat) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "unknown snapshot format version");
+  }
+  auto message = FromProto(h.message());
+  if (!message.ok() || message->type != raft::MessageType::kSnapshot || !message->snapshot ||
+      message->to != self_ || message->from != h.from_node_id()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "header is not a snapshot message");
+  }
+  if (host_ == nullptr) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "this node takes no snapshots");
+  }
+  const GroupId group = h.group_id();
+  {
+    std::lock_guard<std::mutex> l(installs_mu_);
+    if (!installs_.insert(group).second) {
+      return grpc::Status(grpc::StatusCode::RESOURCE_EXHAUSTED,
+                          "a snapshot of this group is already being installed");
+    }
+  }
+  struct Release {
+    RaftTransportService* self;
+    GroupId group;
+    ~Release() {
+      std::lock_guard<std::mutex> l(self->installs_mu_);
+      self->installs_.erase(group);
+    }
+  } release{this, group};
+
+  bool skip = false;
+  absl::Status s = host_->BeginSnapshotInstall(group, message->snapshot->metadata.index, &skip);
+  if (!s.ok()) return grpc::Status(grpc::StatusCode::UNAVAILABLE, std::string(s.message()));
+  uint64_t offset = 0;
+  uint32_t crc = 0;
+  bool final = false;
+  std::string pending;  // bytes of an incomplete record
+  while (!final && reader->Read(&chunk)) {
+    if (chunk.offset() != offset || Crc32c(crc, chunk.data()) != chunk.crc32c()) {
+      return grpc::Status(grpc::StatusCode::DATA_LOSS, "snapshot chunk offset or CRC mismatch");
+    }
+    crc = chunk.crc32c();
+    offset += chunk.data().size();
+    final = chunk.final();
+    if (skip) continue;
+    pending.append(chunk.data());
+    // Write the complete records; keep the tail of a record split across chunks.
+    size_t pos = 0;
+    while (true) {
+      std::string_view rest(pending.data() + pos, pending.size() - pos);
+      uint32_t klen = 0, vlen = 0;
+      std::string_view probe = rest;
+      if (!storage::GetU32(&probe, &klen) || probe.size() < klen) break;
+      probe.remove_prefix(klen);
+      if (!storage::GetU32(&probe, &vlen) || probe.size() < vlen) break;
+      pos += 8 + klen + vlen;
+    }
+    if (pos >= (4u << 20) || (final && pos > 0)) {
+      s = host_->WriteSnapshotRecords(group, std::string_view(pending.data(), pos));
+      if (!s.ok()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::string(s.message()));
+      pending.erase(0, pos);
+    }
+  }
+  if (!final) return grpc::Status(grpc::StatusCode::CANCELLED, "snapshot stream ended early");
+  if (!pending.empty()) {
+    return grpc::Status(grpc::StatusCode::DATA_LOSS, "snapshot ends inside a record");
+  }
+  s = host_->FinishSnapshotInstall(group, std::move(*message), !skip);
+  if (!s.ok()) return grpc::Status(grpc::StatusCode::UNAVAILABLE, std::string(s.message()));
+  response->set_received_bytes(offset);
+  return grpc::Status::OK;
 }
 
 }  // namespace herald::cluster

@@ -14,7 +14,11 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <set>
+#include <string_view>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "absl/base/thread_annotations.h"
 #include "herald/v1/raft.grpc.pb.h"
@@ -36,15 +40,37 @@ class GrpcRaftTransport final : public Transport {
 
   void Send(GroupId group, raft::Message message) override;
   void Flush() override;
+  void SendSnapshot(GroupId group, raft::Message message,
+                    std::shared_ptr<SnapshotSource> source) override;
+
+  // Adds peers and follows changed addresses (host thread: the metadata listener). Peers are
+  // never dropped: a node leaving the metadata may still host replicas being moved away.
+  void UpdatePeers(const std::map<raft::NodeId, std::string>& peers);
 
   // Batches dropped because a peer's queue was full or its stream failed.
   uint64_t dropped_batches() const;
 
  private:
   class PeerSender;
+  void RunSnapshotTransfer(GroupId group, raft::Message message,
+                           std::shared_ptr<SnapshotSource> source, std::string address);
+
   raft::NodeId self_;
+  const std::string cluster_id_;
+  std::shared_ptr<grpc::ChannelCredentials> credentials_;
+  const size_t max_queued_batches_;
+  mutable std::mutex senders_mu_;  // writers: host thread; readers elsewhere lock
   std::map<raft::NodeId, std::unique_ptr<PeerSender>> senders_;
+  std::map<raft::NodeId, std::string> addresses_;  // host thread
   std::map<raft::NodeId, v1::RaftBatch> pending_;  // host thread
+
+  // Snapshot transfers in flight, one per (group, receiver).
+  std::mutex transfers_mu_;
+  std::condition_variable transfers_cv_;
+  std::set<std::pair<GroupId, raft::NodeId>> transfers_ ABSL_GUARDED_BY(transfers_mu_);
+  bool stopping_ ABSL_GUARDED_BY(transfers_mu_) = false;
+  std::vector<std::thread> transfer_threads_ ABSL_GUARDED_BY(transfers_mu_);
+  std::set<grpc::ClientContext*> transfer_contexts_ ABSL_GUARDED_BY(transfers_mu_);
 };
 
 // Receives streams from peers and hands their messages to the local host.
@@ -52,6 +78,8 @@ class RaftTransportService final : public v1::RaftTransport::Service {
  public:
   using DeliverFn = std::function<void(GroupId, raft::Message)>;
   RaftTransportService(std::string cluster_id, raft::NodeId self, DeliverFn deliver);
+  // Where InstallSnapshot writes (set before serving); without it snapshots are refused.
+  void set_host(RaftHost* host) { host_ = host; }
 
   grpc::Status Stream(grpc::ServerContext* ctx,
                       grpc::ServerReaderWriter<v1::RaftFrame, v1::RaftFrame>* stream) override;
@@ -63,6 +91,12 @@ class RaftTransportService final : public v1::RaftTransport::Service {
   const std::string cluster_id_;
   const raft::NodeId self_;
   DeliverFn deliver_;
+  RaftHost* host_ = nullptr;
+  std::mutex installs_mu_;
+  std::set<GroupId> installs_ ABSL_GUARDED_BY(installs_mu_);
 };
+
+// CRC-32C (Castagnoli) of `data`, continuing from `crc` (0 to start).
+uint32_t Crc32c(uint32_t crc, std::string_view data);
 
 }  // namespace herald::cluster

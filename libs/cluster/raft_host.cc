@@ -2,10 +2,13 @@
 
 #include <spdlog/spdlog.h>
 
+#include <spdlog/fmt/ranges.h>
+
 #include <future>
 
 #include "libs/common/logging.h"
 #include "libs/common/strings.h"
+#include "libs/storage/keys.h"
 
 namespace herald::cluster {
 
@@ -13,18 +16,37 @@ struct RaftHost::Group {
   GroupId id = 0;
   uint32_t partition = 0;
   std::unique_ptr<storage::RaftLogStore> log;
-  std::unique_ptr<broker::PartitionStateMachine> sm;
+  std::unique_ptr<broker::PartitionStateMachine> sm;  // partition groups
+  std::unique_ptr<MetadataStateMachine> meta;         // the metadata group
   std::unique_ptr<raft::Node> node;
   // Proposals this node appended as leader, by log index, awaiting their apply.
   std::map<uint64_t, PendingProposal> pending;
   bool was_leader = false;
   raft::NodeId last_leader = 0;
-  // Membership changes are not driven by this host yet; a group that has seen one is never
-  // compacted, because the snapshot metadata would need the membership as of the compaction
-  // index.
-  bool saw_conf_change = false;
+  // Membership as of the applied index, and the index of the last change applied: a snapshot
+  // carries the former, and the log is never compacted past the latter.
+  raft::ConfState applied_conf;
+  uint64_t conf_index = 0;
   // Highest compaction index proposed by this node as leader and not yet applied.
   uint64_t compaction_proposed = 0;
+  // A snapshot is being written into this replica: it takes no Raft messages and no ticks.
+  bool installing = false;
+  // The image captured by the last snapshot handed to Raft, until its message is sent.
+  std::shared_ptr<SnapshotSource> outgoing;
+
+  uint64_t applied() const { return meta ? meta->applied_index() : sm->applied_index(); }
+  void LoadConf() {
+    const auto& voters = meta ? meta->state().conf_voters() : sm->state().conf_voters();
+    const auto& learners = meta ? meta->state().conf_learners() : sm->state().conf_learners();
+    conf_index = meta ? meta->state().conf_index() : sm->state().conf_index();
+    if (voters.empty()) {
+      applied_conf = log->GetInitialState().conf_state;  // the founding membership
+      conf_index = 0;
+    } else {
+      applied_conf.voters.assign(voters.begin(), voters.end());
+      applied_conf.learners.assign(learners.begin(), learners.end());
+    }
+  }
 };
 
 namespace {
@@ -45,18 +67,81 @@ RaftHost::RaftHost(storage::Engine& engine, Transport& transport, RaftHostOption
 
 RaftHost::~RaftHost() { Stop(); }
 
-absl::Status RaftHost::AddPartitionGroup(GroupId id, uint32_t partition,
-                                         std::vector<raft::NodeId> initial_voters) {
-  if (groups_.count(id) != 0) return absl::AlreadyExistsError(StrCat("group ", id, " exists"));
+SnapshotSource::SnapshotSource(storage::Engine& e, GroupId g, uint64_t i)
+    : engine(e), group(g), index(i), prefix(GroupStatePrefix(g)),
+      db_snapshot(e.db()->GetSnapshot()) {}
+
+SnapshotSource::~SnapshotSource() { engine.db()->ReleaseSnapshot(db_snapshot); }
+
+namespace {
+
+std::string PrefixEnd(std::string prefix) {
+  // Prefixes are 4-byte big-endian ids below 0xffffffff, or 0xffffffff itself.
+  for (size_t i = prefix.size(); i-- > 0;) {
+    if (static_cast<unsigned char>(prefix[i]) != 0xff) {
+      prefix[i] = static_cast<char>(static_cast<unsigned char>(prefix[i]) + 1);
+      prefix.resize(i + 1);
+      return prefix;
+    }
+  }
+  return prefix + std::string(1, '\xff') + std::string(8, '\xff');
+}
+
+// Stages the deletion of a group's state-machine keys, Raft log and snapshot record. The hard
+// state stays, with commit 0 (its term and vote must outlive the data).
+void StageWipe(storage::Engine& engine, GroupId id, const raft::HardState& hs,
+               rocksdb::WriteBatch* batch) {
+  std::string prefix = GroupStatePrefix(id);
+  batch->DeleteRange(engine.handle(storage::Family::kPartition), prefix, PrefixEnd(prefix));
+  batch->DeleteRange(engine.handle(storage::Family::kRaftLog), storage::RaftLogKey(id, 0),
+                     storage::RaftLogKey(id + 1, 0));
+  batch->Delete(engine.handle(storage::Family::kRaftState), storage::RaftStateKey(id, 's'));
+  batch->Delete(engine.handle(storage::Family::kRaftState), storage::RaftStateKey(id, 'i'));
+  if (!hs.IsEmpty()) {
+    raft::HardState kept = hs;
+    kept.commit = 0;
+    batch->Put(engine.handle(storage::Family::kRaftState), storage::RaftStateKey(id, 'h'),
+               storage::EncodeHardState(kept));
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<RaftHost::Group>> RaftHost::CreateGroup(
+    GroupId id, uint32_t partition, std::vector<raft::NodeId> initial_voters) {
   auto g = std::make_unique<Group>();
   g->id = id;
   g->partition = partition;
+  // A snapshot whose installation was interrupted left part of an image: start empty and let
+  // the leader send a new one.
+  auto marker = engine_.Get(storage::Family::kRaftState, storage::RaftStateKey(id, 'i'));
+  if (!marker.ok()) return marker.status();
+  if (marker->has_value()) {
+    auto hs = engine_.Get(storage::Family::kRaftState, storage::RaftStateKey(id, 'h'));
+    if (!hs.ok()) return hs.status();
+    raft::HardState hard;
+    if (hs->has_value()) {
+      auto decoded = storage::DecodeHardState(**hs);
+      if (!decoded.ok()) return decoded.status();
+      hard = *decoded;
+    }
+    rocksdb::WriteBatch batch;
+    StageWipe(engine_, id, hard, &batch);
+    if (absl::Status s = engine_.Write(&batch); !s.ok()) return s;
+    spdlog::warn("raft group {}: an interrupted snapshot installation was discarded", id);
+  }
   auto log = storage::RaftLogStore::Load(engine_, id);
   if (!log.ok()) return log.status();
   g->log = std::move(*log);
-  auto sm = broker::PartitionStateMachine::Open(engine_, partition);
-  if (!sm.ok()) return sm.status();
-  g->sm = std::move(*sm);
+  if (id == kMetadataGroup) {
+    auto meta = MetadataStateMachine::Open(engine_);
+    if (!meta.ok()) return meta.status();
+    g->meta = std::move(*meta);
+  } else {
+    auto sm = broker::PartitionStateMachine::Open(engine_, partition);
+    if (!sm.ok()) return sm.status();
+    g->sm = std::move(*sm);
+  }
   bool fresh = g->log->LastIndex() == 0 && g->log->hard_state().IsEmpty();
   if (fresh && !initial_voters.empty()) {
     std::sort(initial_voters.begin(), initial_voters.end());
@@ -67,20 +152,262 @@ absl::Status RaftHost::AddPartitionGroup(GroupId id, uint32_t partition,
     if (s.ok()) s = engine_.Write(&batch);
     if (!s.ok()) return s;
   }
+  g->LoadConf();
   raft::Config cfg;
   cfg.id = options_.node_id;
   cfg.storage = g->log.get();
   cfg.election_tick = options_.election_ticks;
   cfg.heartbeat_tick = options_.heartbeat_ticks;
-  cfg.applied = g->sm->applied_index();
+  // A snapshot's image may be ahead of the log when the node stopped before the snapshot
+  // message was persisted: Raft then hands out entries the state machine skips.
+  cfg.applied = std::max(g->log->FirstIndex() - 1,
+                         std::min(g->applied(), g->log->hard_state().commit));
   cfg.max_uncommitted_entries = options_.max_uncommitted_entries;
   cfg.random_seed =
       options_.random_seed != 0 ? options_.random_seed + id : options_.node_id * 1000003 + id;
   auto node = raft::Node::Create(cfg);
   if (!node.ok()) return node.status();
   g->node = std::move(*node);
-  groups_[id] = std::move(g);
+  Group* gp = g.get();
+  g->log->set_snapshot_provider([this, gp] { return SnapshotFor(*gp); });
+  return g;
+}
+
+absl::Status RaftHost::AddPartitionGroup(GroupId id, uint32_t partition,
+                                         std::vector<raft::NodeId> initial_voters) {
+  if (groups_.count(id) != 0) return absl::AlreadyExistsError(StrCat("group ", id, " exists"));
+  auto g = CreateGroup(id, partition, std::move(initial_voters));
+  if (!g.ok()) return g.status();
+  groups_[id] = std::move(*g);
   return absl::OkStatus();
+}
+
+absl::Status RaftHost::AddMetadataGroup(std::vector<raft::NodeId> initial_voters) {
+  return AddPartitionGroup(kMetadataGroup, 0, std::move(initial_voters));
+}
+
+absl::StatusOr<raft::Snapshot> RaftHost::SnapshotFor(Group& g) {
+  if (g.installing) return absl::UnavailableError("installing a snapshot");
+  uint64_t index = g.applied();
+  auto term = g.log->Term(index);
+  if (!term.ok()) return absl::UnavailableError("applied entry's term unknown");
+  raft::Snapshot snap;
+  snap.metadata.index = index;
+  snap.metadata.term = *term;
+  snap.metadata.conf_state = g.applied_conf;
+  snap.data = std::string(kStreamedSnapshot);
+  // Every batch up to the applied index is written whenever Raft asks (between passes' writes),
+  // so the database holds exactly the state at `index`.
+  g.outgoing = std::make_shared<SnapshotSource>(engine_, g.id, index);
+  return snap;
+}
+
+absl::Status RaftHost::RunOnHost(std::function<absl::Status()> fn) {
+  std::promise<absl::Status> done;
+  auto f = done.get_future();
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!running_ || inbox_.stop) return absl::UnavailableError("raft host is not running");
+    inbox_.tasks.push_back([&] { done.set_value(fn()); });
+  }
+  cv_.notify_one();
+  return f.get();
+}
+
+void RaftHost::RunTask(std::function<void()> fn) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (!running_ || inbox_.stop) return;
+  inbox_.tasks.push_back(std::move(fn));
+  cv_.notify_one();
+}
+
+void RaftHost::EnsurePartitionGroup(GroupId group, uint32_t partition) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (!running_ || inbox_.stop) return;
+  inbox_.tasks.push_back([this, group, partition] {
+    if (groups_.count(group) != 0) return;
+    auto g = CreateGroup(group, partition, {});
+    if (!g.ok()) {
+      spdlog::error("raft group {}: cannot create a replica: {}", group, g.status());
+      return;
+    }
+    spdlog::info("raft group {} (partition {}): new replica, waiting for its leader", group,
+                 partition);
+    groups_[group] = std::move(*g);
+  });
+  cv_.notify_one();
+}
+
+void RaftHost::RemoveGroup(GroupId group) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (!running_ || inbox_.stop) return;
+  inbox_.tasks.push_back([this, group] {
+    auto it = groups_.find(group);
+    if (it == groups_.end() || group == kMetadataGroup) return;
+    Group& g = *it->second;
+    FailPending(g, absl::UnavailableError("replica removed from this node"));
+    rocksdb::WriteBatch batch;
+    StageWipe(engine_, group, g.log->hard_state(), &batch);
+    if (absl::Status s = engine_.Write(&batch); !s.ok()) Fatal("removing a replica", s);
+    spdlog::info("raft group {} (partition {}): replica removed from this node", group,
+                 g.partition);
+    groups_.erase(it);
+  });
+  cv_.notify_one();
+}
+
+void RaftHost::ReconcileMembership(TargetFn target) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (!running_ || inbox_.stop) return;
+  inbox_.tasks.push_back([this, target = std::move(target)] {
+    for (auto& [id, g] : groups_) {
+      if (g->node->role() != raft::Role::kLeader || g->installing) continue;
+      std::optional<MembershipTarget> t = target(id);
+      if (t.has_value() && !t->voters.empty()) ReconcileGroup(*g, *t);
+    }
+  });
+  cv_.notify_one();
+}
+
+void RaftHost::ReconcileGroup(Group& g, const MembershipTarget& t) {
+  raft::Node& node = *g.node;
+  const raft::ConfState& cs = node.conf_state();
+  auto in = [](const std::vector<raft::NodeId>& v, raft::NodeId n) {
+    return std::find(v.begin(), v.end(), n) != v.end();
+  };
+  auto change = [&](raft::ConfChangeType type, raft::NodeId n) {
+    absl::Status s = node.ProposeConfChange({type, n});
+    if (s.ok()) {
+      spdlog::info("raft group {}: proposing {} node {}", g.id,
+                   type == raft::ConfChangeType::kAddLearner  ? "add learner"
+                   : type == raft::ConfChangeType::kAddVoter ? "promote"
+                                                              : "remove",
+                   n);
+    }
+  };
+  // One change at a time (Raft refuses another while one is uncommitted): additions first, so
+  // that a group never has fewer replicas than its target while it moves.
+  for (const auto* list : {&t.voters, &t.learners}) {
+    for (raft::NodeId n : *list) {
+      if (!cs.IsMember(n)) return change(raft::ConfChangeType::kAddLearner, n);
+    }
+  }
+  for (raft::NodeId n : t.voters) {
+    // Refused until the learner has caught up; retried on the next round.
+    if (cs.IsLearner(n)) return change(raft::ConfChangeType::kAddVoter, n);
+  }
+  std::vector<raft::NodeId> members = cs.voters;
+  members.insert(members.end(), cs.learners.begin(), cs.learners.end());
+  for (raft::NodeId n : members) {
+    if (in(t.voters, n) || in(t.learners, n)) continue;
+    if (n != options_.node_id) return change(raft::ConfChangeType::kRemoveNode, n);
+    // This node leaves: hand leadership to the most caught-up target voter first.
+    raft::NodeId best = raft::kNoNode;
+    uint64_t best_match = 0;
+    for (raft::NodeId v : t.voters) {
+      const raft::Progress* pr = cs.IsVoter(v) ? node.progress(v) : nullptr;
+      if (pr != nullptr && (best == raft::kNoNode || pr->match > best_match)) {
+        best = v;
+        best_match = pr->match;
+      }
+    }
+    if (best != raft::kNoNode && node.transferee() == raft::kNoNode) {
+      node.TransferLeadership(best).IgnoreError();
+    }
+    return;
+  }
+}
+
+absl::Status RaftHost::BeginSnapshotInstall(GroupId group, uint64_t index, bool* skip_data) {
+  return RunOnHost([&]() -> absl::Status {
+    auto it = groups_.find(group);
+    if (it == groups_.end()) {
+      if (group == kMetadataGroup) return absl::NotFoundError("no metadata group on this node");
+      auto g = CreateGroup(group, static_cast<uint32_t>(group - 1), {});
+      if (!g.ok()) return g.status();
+      it = groups_.emplace(group, std::move(*g)).first;
+    }
+    Group& g = *it->second;
+    if (!g.installing && g.applied() >= index) {
+      *skip_data = true;
+      return absl::OkStatus();
+    }
+    *skip_data = false;
+    g.installing = true;
+    FailPending(g, absl::UnavailableError("replica is installing a snapshot; outcome unknown"));
+    rocksdb::WriteBatch batch;
+    std::string prefix = GroupStatePrefix(group);
+    batch.Put(engine_.handle(storage::Family::kRaftState), storage::RaftStateKey(group, 'i'),
+              std::to_string(index));
+    batch.DeleteRange(engine_.handle(storage::Family::kPartition), prefix, PrefixEnd(prefix));
+    return engine_.Write(&batch);
+  });
+}
+
+absl::Status RaftHost::WriteSnapshotRecords(GroupId group, std::string_view records) {
+  // Records: [key length u32][key][value length u32][value]..., every key under the group's
+  // prefix. The group is paused (installing), so nothing else writes these keys.
+  const std::string prefix = GroupStatePrefix(group);
+  rocksdb::WriteBatch batch;
+  std::string_view in = records;
+  while (!in.empty()) {
+    uint32_t klen = 0, vlen = 0;
+    if (!storage::GetU32(&in, &klen) || in.size() < klen) {
+      return absl::InvalidArgumentError("snapshot record truncated");
+    }
+    std::string_view key = in.substr(0, klen);
+    in.remove_prefix(klen);
+    if (!storage::GetU32(&in, &vlen) || in.size() < vlen) {
+      return absl::InvalidArgumentError("snapshot record truncated");
+    }
+    std::string_view value = in.substr(0, vlen);
+    in.remove_prefix(vlen);
+    if (key.substr(0, prefix.size()) != prefix) {
+      return absl::InvalidArgumentError("snapshot record outside the group's keys");
+    }
+    batch.Put(engine_.handle(storage::Family::kPartition), key, value);
+  }
+  return engine_.Write(&batch);
+}
+
+absl::Status RaftHost::FinishSnapshotInstall(GroupId group, raft::Message message,
+                                             bool data_written) {
+  return RunOnHost([&]() -> absl::Status {
+    auto it = groups_.find(group);
+    if (it == groups_.end()) return absl::NotFoundError(StrCat("no group ", group));
+    Group& g = *it->second;
+    if (message.snapshot == nullptr) return absl::InvalidArgumentError("no snapshot metadata");
+    if (data_written) {
+      if (!g.installing) return absl::FailedPreconditionError("no installation in progress");
+      const uint64_t index = message.snapshot->metadata.index;
+      if (g.meta) {
+        auto meta = MetadataStateMachine::Open(engine_);
+        if (!meta.ok()) return meta.status();
+        if ((*meta)->applied_index() != index) {
+          return absl::DataLossError("metadata snapshot image is not at its index");
+        }
+        g.meta = std::move(*meta);
+      } else {
+        auto sm = broker::PartitionStateMachine::Open(engine_, g.partition);
+        if (!sm.ok()) return sm.status();
+        if ((*sm)->applied_index() != index) {
+          return absl::DataLossError(StrCat("partition snapshot image is at ",
+                                            (*sm)->applied_index(), ", not ", index));
+        }
+        g.sm = std::move(*sm);
+      }
+      rocksdb::WriteBatch batch;
+      batch.Delete(engine_.handle(storage::Family::kRaftState), storage::RaftStateKey(group, 'i'));
+      if (absl::Status s = engine_.Write(&batch); !s.ok()) Fatal("finishing a snapshot", s);
+      g.installing = false;
+      g.LoadConf();
+      if (g.meta && metadata_listener_) metadata_listener_(g.meta->state());
+    }
+    auto snap = std::make_shared<raft::Snapshot>(*message.snapshot);
+    snap->data = std::string(kStreamedSnapshot);
+    message.snapshot = std::move(snap);
+    return g.node->Step(std::move(message));
+  });
 }
 
 absl::Status RaftHost::Start() {
@@ -202,7 +529,7 @@ bool RaftHost::WithPartition(GroupId group,
     if (!running_ || inbox_.stop) return false;
     inbox_.tasks.push_back([&] {
       auto it = groups_.find(group);
-      if (it == groups_.end()) {
+      if (it == groups_.end() || !it->second->sm) {
         done.set_value(false);
         return;
       }
@@ -220,7 +547,7 @@ void RaftHost::ReadAsync(GroupId group, ReadFn fn) {
     if (running_ && !inbox_.stop) {
       inbox_.tasks.push_back([this, group, fn = std::move(fn)] {
         auto it = groups_.find(group);
-        if (it == groups_.end()) {
+        if (it == groups_.end() || !it->second->sm) {
           fn(nullptr, nullptr);
           return;
         }
@@ -245,15 +572,17 @@ GroupStatus RaftHost::StatusOf(const Group& g) {
   st.leader = g.node->leader();
   st.term = g.node->term();
   st.commit = g.node->committed();
-  st.applied = g.sm->applied_index();
+  st.applied = g.applied();
   st.last_index = g.node->last_index();
   st.first_index = g.log->FirstIndex();
   st.conf_state = g.node->conf_state();
   st.partition = g.partition;
-  st.last_offset = g.sm->last_offset();
-  st.stored_messages = g.sm->state().message_count();
-  st.stored_bytes = g.sm->state().message_bytes();
-  st.trimmed_messages = g.sm->state().trimmed_messages();
+  if (g.sm) {
+    st.last_offset = g.sm->last_offset();
+    st.stored_messages = g.sm->state().message_count();
+    st.stored_bytes = g.sm->state().message_bytes();
+    st.trimmed_messages = g.sm->state().trimmed_messages();
+  }
   return st;
 }
 
@@ -263,7 +592,7 @@ std::vector<GroupStatus> RaftHost::Status() {
   auto collect = [this] {
     std::vector<GroupStatus> out;
     for (auto& [id, g] : groups_) {
-      out.push_back(StatusOf(*g));
+      if (g->sm) out.push_back(StatusOf(*g));
     }
     return out;
   };
@@ -301,6 +630,7 @@ void RaftHost::Run() {
     }
     if (now >= next_tick) next_tick = now + options_.tick;
     for (auto& [id, g] : groups_) {
+      if (g->installing) continue;
       for (int i = 0; i < ticks; ++i) g->node->Tick();
     }
     RunPass(inbox);
@@ -319,7 +649,9 @@ void RaftHost::FailPending(Group& g, const absl::Status& why) {
 void RaftHost::RunPass(Inbox& inbox) {
   for (auto& [group, m] : inbox.messages) {
     auto it = groups_.find(group);
-    if (it != groups_.end()) it->second->node->Step(std::move(m)).IgnoreError();
+    if (it != groups_.end() && !it->second->installing) {
+      it->second->node->Step(std::move(m)).IgnoreError();
+    }
   }
   for (auto& task : inbox.tasks) task();
   for (auto& [group, cmd, done] : inbox.proposals) {
@@ -360,28 +692,38 @@ void RaftHost::RunPass(Inbox& inbox) {
     raft::Ready rd = g.node->GetReady();
     absl::Status s = g.log->StageReady(rd, &batch);
     if (!s.ok()) Fatal(StrCat("group ", id, ": staging Ready"), s);
-    if (!rd.snapshot.IsEmpty() && !rd.snapshot.data.empty()) {
-      Fatal(StrCat("group ", id, ": received a partition snapshot"),
-            absl::UnimplementedError("installing partition snapshots is not supported yet"));
+    if (!rd.snapshot.IsEmpty() && g.applied() < rd.snapshot.metadata.index) {
+      // Snapshots are written by FinishSnapshotInstall before Raft sees them.
+      Fatal(StrCat("group ", id, ": snapshot at ", rd.snapshot.metadata.index),
+            absl::InternalError(StrCat("state machine image is at ", g.applied())));
     }
     for (const raft::Entry& e : rd.committed_entries) {
-      if (e.type == raft::EntryType::kNormal && !e.data.empty()) {
+      if (e.type == raft::EntryType::kConfChange) {
+        ApplyConfEntry(g, e, &batch);
+        applied.push_back(Applied{&g, e.index, e.term, {}});
+      } else if (g.meta) {
+        if (!e.data.empty()) {
+          absl::Status ms = g.meta->Apply(e.index, e.data, &batch);
+          if (!ms.ok()) Fatal(StrCat("metadata group: applying entry ", e.index), ms);
+        } else {
+          g.meta->ApplyOther(e.index, &batch);
+        }
+        applied.push_back(Applied{&g, e.index, e.term, {}});
+      } else if (!e.data.empty()) {
         auto r = g.sm->Apply(e.index, e.data, &batch);
         if (!r.ok()) Fatal(StrCat("group ", id, ": applying entry ", e.index), r.status());
         uint64_t through = r->compact_log_through;
-        if (through > 0 && !g.saw_conf_change && through > g.log->FirstIndex() &&
+        if (through > 0 && through >= g.conf_index && through > g.log->FirstIndex() &&
             through < e.index) {
-          // Every replica applies this at the same log position and discards the same prefix.
-          // The marker data makes the transport refuse to ship this snapshot: it carries no
-          // partition state, so it must never stand in for one.
+          // Every replica applies this at the same log position and discards the same prefix;
+          // the membership at `through` is the applied one (no change since conf_index).
           absl::Status cs =
-              g.log->CreateSnapshot(through, g.node->conf_state(), "log-compaction", &batch);
+              g.log->CreateSnapshot(through, g.applied_conf, "log-compaction", &batch);
           if (!cs.ok()) Fatal(StrCat("group ", id, ": compacting the log"), cs);
         }
         if (through >= g.compaction_proposed) g.compaction_proposed = 0;
         applied.push_back(Applied{&g, e.index, e.term, std::move(*r)});
       } else {
-        if (e.type == raft::EntryType::kConfChange) g.saw_conf_change = true;
         g.sm->ApplyOther(e.index, &batch);
         applied.push_back(Applied{&g, e.index, e.term, {}});
       }
@@ -402,8 +744,25 @@ void RaftHost::RunPass(Inbox& inbox) {
   stats_.entries_applied.fetch_add(applied.size(), std::memory_order_relaxed);
 
   for (auto& [g, rd] : readies) {
+    if (g->meta) {
+      // Before any message leaves: the transport must know nodes this entry added.
+      if (metadata_listener_ && !rd.committed_entries.empty()) metadata_listener_(g->meta->state());
+      continue;
+    }
     g->sm->Flushed();
-    for (raft::Message& m : rd.messages) transport_.Send(g->id, std::move(m));
+  }
+  for (auto& [g, rd] : readies) {
+    for (raft::Message& m : rd.messages) {
+      if (m.type == raft::MessageType::kSnapshot) {
+        std::shared_ptr<SnapshotSource> source = g->outgoing;
+        if (source && m.snapshot && source->index == m.snapshot->metadata.index) {
+          transport_.SendSnapshot(g->id, std::move(m), std::move(source));
+        }
+        continue;
+      }
+      transport_.Send(g->id, std::move(m));
+    }
+    g->outgoing.reset();
   }
   transport_.Flush();
 
@@ -449,10 +808,36 @@ void RaftHost::RunPass(Inbox& inbox) {
   }
 }
 
-void RaftHost::MaybeProposeCompaction(Group& g) {
-  if (options_.log_compact_threshold == 0 || g.saw_conf_change || g.compaction_proposed != 0) {
-    return;
+void RaftHost::ApplyConfEntry(Group& g, const raft::Entry& e, rocksdb::WriteBatch* batch) {
+  if (e.index <= g.applied()) return;
+  auto cc = raft::DecodeConfChange(e.data);
+  if (cc.ok()) {
+    absl::Status s = raft::ApplyConfChange(*cc, &g.applied_conf);
+    if (!s.ok()) spdlog::warn("raft group {}: membership entry {}: {}", g.id, e.index, s);
   }
+  g.conf_index = e.index;
+  if (g.meta) {
+    g.meta->ApplyConf(e.index, g.applied_conf.voters, g.applied_conf.learners, batch);
+  } else {
+    g.sm->ApplyConf(e.index, g.applied_conf.voters, g.applied_conf.learners, batch);
+  }
+  spdlog::info("raft group {}: membership now voters [{}] learners [{}]", g.id,
+               fmt::join(g.applied_conf.voters, ","), fmt::join(g.applied_conf.learners, ","));
+}
+
+std::optional<GroupStatus> RaftHost::MetadataStatus() {
+  std::optional<GroupStatus> out;
+  absl::Status s = RunOnHost([&] {
+    auto it = groups_.find(kMetadataGroup);
+    if (it != groups_.end()) out = StatusOf(*it->second);
+    return absl::OkStatus();
+  });
+  if (!s.ok()) return std::nullopt;
+  return out;
+}
+
+void RaftHost::MaybeProposeCompaction(Group& g) {
+  if (options_.log_compact_threshold == 0 || g.meta || g.compaction_proposed != 0) return;
   uint64_t applied = g.sm->applied_index();
   uint64_t first = g.log->FirstIndex();
   if (applied < first || applied - first < options_.log_compact_threshold) return;
@@ -465,6 +850,7 @@ void RaftHost::MaybeProposeCompaction(Group& g) {
   }
   if (min_match <= first + options_.log_keep_entries) return;
   uint64_t through = min_match - options_.log_keep_entries;
+  if (through < g.conf_index) return;
   v1::PartitionCommand cmd;
   cmd.set_proposed_at_unix_ms(
       std::chrono::duration_cast<std::chrono::milliseconds>(clock_.WallNow().time_since_epoch())

@@ -20,6 +20,8 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <optional>
+#include <string_view>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -30,6 +32,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
 #include "libs/broker/partition_state_machine.h"
+#include "herald/v1/partition.pb.h"
+#include "libs/cluster/metadata.h"
 #include "libs/common/clock.h"
 #include "libs/raft/raft.h"
 #include "libs/storage/engine.h"
@@ -39,6 +43,26 @@ namespace herald::cluster {
 
 using GroupId = uint64_t;
 
+// A consistent image of one group's state-machine keys (every key of the partition column
+// family under GroupStatePrefix(group)) as of the group's applied index `index`: a RocksDB
+// snapshot the transport reads off the host's thread, released when the last user drops it.
+struct SnapshotSource {
+  SnapshotSource(storage::Engine& engine, GroupId group, uint64_t index);
+  ~SnapshotSource();
+  SnapshotSource(const SnapshotSource&) = delete;
+  SnapshotSource& operator=(const SnapshotSource&) = delete;
+
+  storage::Engine& engine;
+  const GroupId group;
+  const uint64_t index;
+  const std::string prefix;
+  const rocksdb::Snapshot* db_snapshot;
+};
+
+// The `data` of every snapshot a host hands to Raft: the state itself travels out of band
+// (Transport::SendSnapshot), written by the receiver before the snapshot message is stepped.
+inline constexpr std::string_view kStreamedSnapshot = "herald-streamed-snapshot";
+
 // Carries Raft messages to other nodes. Called on the host's thread only; implementations batch
 // what is sent between two Flush() calls (one pass) per destination node.
 class Transport {
@@ -46,7 +70,26 @@ class Transport {
   virtual ~Transport() = default;
   virtual void Send(GroupId group, raft::Message message) = 0;
   virtual void Flush() = 0;
+  // Streams `source` to message.to, then has the receiver step `message` (a kSnapshot). Runs
+  // in the background; a failure is only logged (the leader sends a new snapshot after an
+  // election timeout). The default drops it.
+  virtual void SendSnapshot(GroupId group, raft::Message message,
+                            std::shared_ptr<SnapshotSource> source) {
+    (void)group;
+    (void)message;
+    (void)source;
+  }
 };
+
+// What a group's membership should become: the host's leader of the group moves towards it one
+// change at a time. Learners that should be voters are promoted once caught up; members in
+// neither list are removed (after leadership moved away if this node is one of them).
+struct MembershipTarget {
+  std::vector<raft::NodeId> voters;
+  std::vector<raft::NodeId> learners;
+};
+// Target of a group, or nullopt to leave the group alone.
+using TargetFn = std::function<std::optional<MembershipTarget>(GroupId)>;
 
 struct RaftHostOptions {
   raft::NodeId node_id = 0;
@@ -115,6 +158,32 @@ class RaftHost {
   // passes an empty list and receives a snapshot from the leader.
   absl::Status AddPartitionGroup(GroupId group, uint32_t partition,
                                  std::vector<raft::NodeId> initial_voters);
+  // Adds the metadata group (kMetadataGroup) before Start(), founded like a partition group.
+  absl::Status AddMetadataGroup(std::vector<raft::NodeId> initial_voters);
+  // Called on the host's thread, after the write, whenever the metadata group applied entries
+  // or installed a snapshot. Set before Start().
+  void SetMetadataListener(std::function<void(const v1::MetadataStateRecord&)> fn) {
+    metadata_listener_ = std::move(fn);
+  }
+
+  // Runtime membership of this node's replicas (thread-safe; run on the host's thread soon).
+  // Creates an empty replica of `partition` that waits for its leader's snapshot (no-op when
+  // the group exists).
+  void EnsurePartitionGroup(GroupId group, uint32_t partition);
+  // Deletes this node's replica of `group` and its data (Raft log, partition state). The Raft
+  // term and vote are kept, so that a later replica of the group never votes twice in a term.
+  void RemoveGroup(GroupId group);
+  // For every group this node leads, takes one step towards `target` (see MembershipTarget).
+  void ReconcileMembership(TargetFn target);
+
+  // Snapshot installation, called by the transport's receiver (blocking, any thread).
+  // Begin: prepares `group` for an image at `index` (creating an empty partition replica if
+  // needed). *skip_data is set when the replica already applied `index`: the data is not
+  // needed. Otherwise the group's state is cleared and the caller writes the image's records
+  // (WriteSnapshotRecords), then calls Finish, which loads the state and steps `message`.
+  absl::Status BeginSnapshotInstall(GroupId group, uint64_t index, bool* skip_data);
+  absl::Status WriteSnapshotRecords(GroupId group, std::string_view records);
+  absl::Status FinishSnapshotInstall(GroupId group, raft::Message message, bool data_written);
 
   absl::Status Start();
   // Stops the thread; pending proposals fail with UNAVAILABLE (outcome unknown).
@@ -125,6 +194,8 @@ class RaftHost {
   // Proposes a PartitionCommand (serialized) on `group`; `done` runs on the host's thread once
   // the outcome is known. Thread-safe.
   void Propose(GroupId group, std::string command, ProposalCallback done);
+  // Runs `fn` on the host's thread soon (e.g. transport changes). Thread-safe.
+  void RunTask(std::function<void()> fn);
   // Asks the group's leader (this node) to hand leadership to `to`. Thread-safe.
   void TransferLeadership(GroupId group, raft::NodeId to);
   // Hands every leadership of this node to the most caught-up other voter of each group and
@@ -137,7 +208,10 @@ class RaftHost {
   // of applied state). Returns false if the group is unknown or the host is stopped.
   bool WithPartition(GroupId group, const std::function<void(broker::PartitionStateMachine&)>& fn);
 
+  // Partition groups (the metadata group is not listed).
   std::vector<GroupStatus> Status();
+  // The metadata group's status (group 0), if this node has a replica.
+  std::optional<GroupStatus> MetadataStatus();
   const RaftHostStats& stats() const { return stats_; }
 
   // Calls `fn` (on the host's thread, after the write) whenever the group's partition applied
@@ -167,6 +241,13 @@ class RaftHost {
 
   void Run();
   void RunPass(Inbox& inbox);
+  absl::StatusOr<std::unique_ptr<Group>> CreateGroup(GroupId id, uint32_t partition,
+                                                     std::vector<raft::NodeId> initial_voters);
+  absl::StatusOr<raft::Snapshot> SnapshotFor(Group& g);
+  void ApplyConfEntry(Group& g, const raft::Entry& e, rocksdb::WriteBatch* batch);
+  void ReconcileGroup(Group& g, const MembershipTarget& t);
+  // Runs `fn` on the host's thread and waits for its status.
+  absl::Status RunOnHost(std::function<absl::Status()> fn);
   void FailPending(Group& g, const absl::Status& why);
   void MaybeProposeCompaction(Group& g);
   static GroupStatus StatusOf(const Group& g);
@@ -175,7 +256,8 @@ class RaftHost {
   Transport& transport_;
   const RaftHostOptions options_;
   Clock& clock_;
-  std::map<GroupId, std::unique_ptr<Group>> groups_;  // host thread (fixed after Start)
+  std::map<GroupId, std::unique_ptr<Group>> groups_;  // host thread
+  std::function<void(const v1::MetadataStateRecord&)> metadata_listener_;
   RaftHostStats stats_;
 
   std::mutex watchers_mu_;

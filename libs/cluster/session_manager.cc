@@ -43,8 +43,9 @@ int64_t SessionManager::NowMs() const {
 }
 
 void SessionManager::Start() {
+  // Every partition: replicas come and go with membership changes (unhosted ones read as null).
   groups_.clear();
-  for (const GroupStatus& st : host_.Status()) groups_.push_back(st.group);
+  for (uint32_t p = 0; p < options_.partition_count; ++p) groups_.push_back(GroupForPartition(p));
   {
     std::lock_guard<std::mutex> l(mu_);
     stop_ = false;
@@ -210,17 +211,17 @@ void SessionManager::PublishWill(WillJob job) {
 v1::Broker::Stub* SessionManager::StubFor(raft::NodeId node) {
   auto it = stubs_.find(node);
   if (it != stubs_.end()) return it->second.get();
-  auto addr = options_.broker_addresses.find(node);
-  if (addr == options_.broker_addresses.end()) return nullptr;
+  std::optional<std::string> addr = options_.directory->Address(node);
+  if (!addr.has_value()) return nullptr;
   auto stub = v1::Broker::NewStub(grpc::CreateChannel(
-      addr->second, options_.channel_credentials ? options_.channel_credentials
+      *addr, options_.channel_credentials ? options_.channel_credentials
                                                  : grpc::InsecureChannelCredentials()));
   return stubs_.emplace(node, std::move(stub)).first->second.get();
 }
 
 void SessionManager::ForwardWill(WillJob job) {
   std::vector<raft::NodeId> others;
-  for (const auto& [id, addr] : options_.broker_addresses) {
+  for (const auto& [id, addr] : options_.directory->Addresses()) {
     if (id != options_.node_id) others.push_back(id);
   }
   raft::NodeId target = job.leader_hint;

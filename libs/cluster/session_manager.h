@@ -43,7 +43,7 @@ struct SessionManagerOptions {
   raft::NodeId node_id = 0;
   uint32_t partition_count = 8;
   // Node id -> Broker API address ("host:port"), to forward wills to other partitions' leaders.
-  std::map<raft::NodeId, std::string> broker_addresses;
+  std::shared_ptr<NodeDirectory> directory = std::make_shared<NodeDirectory>();
   // Owner lease (OpenSessionResponse.lease_ms).
   std::chrono::milliseconds lease{30'000};
   // How often the timers are checked.

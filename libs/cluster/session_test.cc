@@ -297,7 +297,8 @@ TEST(SessionWillForwardingTest, WillOfAnotherNodesPartitionIsForwardedToItsLeade
   SessionManagerOptions so;
   so.node_id = 1;
   so.partition_count = kPartitions;
-  so.broker_addresses = {{1, "127.0.0.1:1"}, {2, "127.0.0.1:" + std::to_string(port)}};
+  so.directory = std::make_shared<NodeDirectory>(std::map<raft::NodeId, std::string>{
+      {1, "127.0.0.1:1"}, {2, "127.0.0.1:" + std::to_string(port)}});
   so.timer_interval = 20ms;
   SessionManager sessions(*nodes[0].host, so);
   auto wait_leaders = [&](Node& n, size_t want) {

@@ -15,6 +15,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <utility>
 #include <vector>
@@ -48,7 +49,15 @@ class RaftLogStore final : public raft::Storage {
   absl::StatusOr<uint64_t> Term(uint64_t index) const override;
   uint64_t FirstIndex() const override { return snapshot_.metadata.index + 1; }
   uint64_t LastIndex() const override { return last_index_; }
-  absl::StatusOr<raft::Snapshot> GetSnapshot() const override { return snapshot_; }
+  // The provider's snapshot when one is set (a host that makes snapshots of its state machine
+  // on demand), else the stored one.
+  absl::StatusOr<raft::Snapshot> GetSnapshot() const override {
+    if (snapshot_provider_) return snapshot_provider_();
+    return snapshot_;
+  }
+  void set_snapshot_provider(std::function<absl::StatusOr<raft::Snapshot>()> fn) {
+    snapshot_provider_ = std::move(fn);
+  }
 
   // Staged writes (see the class comment).
   // Appends entries, replacing the suffix of the log they overlap. Entries at or below the
@@ -81,6 +90,7 @@ class RaftLogStore final : public raft::Storage {
   const Options options_;
   raft::HardState hard_state_;
   raft::Snapshot snapshot_;  // index 0 when none
+  std::function<absl::StatusOr<raft::Snapshot>()> snapshot_provider_;
   uint64_t last_index_ = 0;
   // Terms of the entries in (snapshot index, last_index_]: (first index of a run, term).
   std::vector<std::pair<uint64_t, uint64_t>> term_runs_;

@@ -17,13 +17,13 @@ CoreCluster::CoreCluster(std::string root, int nodes, int partitions)
 }
 
 bool CoreCluster::Start(int i, std::string* error) {
-  procs_[i] = std::make_unique<Process>(
-      "herald-core",
-      std::vector<std::string>{"--core.node_id=" + std::to_string(i + 1),
-                               "--core.listen=" + Address(i), "--cluster.peers=" + peers_,
-                               "--cluster.partitions=" + std::to_string(partitions_),
-                               "--raft.tick=50ms", "--admin.listen=127.0.0.1:0",
-                               "--data_dir=" + DataDir(i), "--net.loops=1"});
+  std::vector<std::string> args{"--core.node_id=" + std::to_string(i + 1),
+                                "--core.listen=" + Address(i), "--cluster.peers=" + peers_,
+                                "--cluster.partitions=" + std::to_string(partitions_),
+                                "--raft.tick=50ms", "--admin.listen=127.0.0.1:0",
+                                "--data_dir=" + DataDir(i), "--net.loops=1"};
+  args.insert(args.end(), extra_args.begin(), extra_args.end());
+  procs_[i] = std::make_unique<Process>("herald-core", std::move(args));
   if (procs_[i]->WaitForLine("herald-core ready").empty()) {
     if (error != nullptr) *error = procs_[i]->log();
     return false;

@@ -14,6 +14,9 @@ class CoreCluster {
  public:
   CoreCluster(std::string root, int nodes, int partitions);
 
+  // Appended to every node's command line.
+  std::vector<std::string> extra_args;
+
   // Starts node i (0-based) and waits until it is ready; returns false (with the log in
   // `error`) if it is not.
   bool Start(int i, std::string* error = nullptr);
