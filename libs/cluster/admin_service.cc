@@ -1,7 +1,6 @@
 #include "libs/cluster/admin_service.h"
 
 #include <algorithm>
-#include <charconv>
 #include <future>
 #include <latch>
 #include <set>
@@ -56,20 +55,7 @@ std::vector<raft::NodeId> AdminService::PlacementOf(uint32_t partition) const {
 void AdminService::FillEndpoint(raft::NodeId node, v1::Endpoint* endpoint) const {
   std::optional<std::string> found = options_.directory->Address(node);
   if (!found.has_value()) return;
-  const std::string& addr = *found;
-  size_t colon = addr.rfind(':');
-  std::string host = addr.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);  // Endpoint.host: IPv6 without brackets
-  }
-  endpoint->set_host(host);
-  uint32_t port = 0;
-  if (colon != std::string::npos) {
-    std::string_view p(addr);
-    p.remove_prefix(colon + 1);
-    std::from_chars(p.data(), p.data() + p.size(), port);
-  }
-  endpoint->set_port(port);
+  if (auto parsed = ParseEndpoint(*found); parsed.ok()) *endpoint = *std::move(parsed);
 }
 
 void AdminService::FillLeaderHint(raft::NodeId leader, uint64_t term, v1::LeaderHint* hint) const {
@@ -459,6 +445,24 @@ const v1::NodeInfo* FindNode(const v1::MetadataStateRecord& rec, uint64_t id) {
 
 }  // namespace
 
+template <typename Req, typename Resp>
+std::optional<grpc::Status> AdminService::ProposeOrForward(
+    const v1::MetadataCommand& cmd, const Req& req, Resp* resp,
+    grpc::Status (v1::Admin::Stub::*forward)(grpc::ClientContext*, const Req&, Resp*)) {
+  raft::NodeId leader = 0;
+  absl::Status st = ProposeMetadata(cmd, &leader);
+  if (st.ok()) return std::nullopt;
+  if (leader != 0 && leader != options_.node_id) {
+    if (v1::Admin::Stub* stub = StubFor(leader); stub != nullptr) {
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+      return (stub->*forward)(&ctx, req, resp);  // the controller answers
+    }
+  }
+  return Error(grpc::StatusCode::UNAVAILABLE, v1::ERROR_CODE_NOT_LEADER,
+               StrCat("metadata group: ", st.message()));
+}
+
 grpc::Status AdminService::AddNode(grpc::ServerContext*, const v1::AddNodeRequest* req,
                                    v1::AddNodeResponse* resp) {
   if (req->node_id() == 0) {
@@ -496,18 +500,8 @@ grpc::Status AdminService::AddNode(grpc::ServerContext*, const v1::AddNodeReques
   *add->mutable_api_endpoint() =
       req->has_api_endpoint() ? req->api_endpoint() : req->peer_endpoint();
   add->set_state(v1::NODE_STATE_ACTIVE);
-  raft::NodeId leader = 0;
-  absl::Status st = ProposeMetadata(cmd, &leader);
-  if (!st.ok()) {
-    if (leader != 0 && leader != options_.node_id) {
-      if (v1::Admin::Stub* stub = StubFor(leader); stub != nullptr) {
-        grpc::ClientContext ctx;
-        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-        return stub->AddNode(&ctx, *req, resp);  // the controller answers
-      }
-    }
-    return Error(grpc::StatusCode::UNAVAILABLE, v1::ERROR_CODE_NOT_LEADER,
-                 StrCat("metadata group: ", st.message()));
+  if (auto forwarded = ProposeOrForward(cmd, *req, resp, &v1::Admin::Stub::AddNode)) {
+    return *forwarded;
   }
   // Applied on this node (the controller) when the proposal answered.
   *resp->mutable_node() = *add;
@@ -546,18 +540,8 @@ grpc::Status AdminService::RemoveNode(grpc::ServerContext*, const v1::RemoveNode
   v1::MetadataCommand cmd;
   cmd.mutable_set_node_state()->set_node_id(req->node_id());
   cmd.mutable_set_node_state()->set_state(v1::NODE_STATE_DRAINING);
-  raft::NodeId leader = 0;
-  absl::Status st = ProposeMetadata(cmd, &leader);
-  if (!st.ok()) {
-    if (leader != 0 && leader != options_.node_id) {
-      if (v1::Admin::Stub* stub = StubFor(leader); stub != nullptr) {
-        grpc::ClientContext ctx;
-        ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-        return stub->RemoveNode(&ctx, *req, resp);
-      }
-    }
-    return Error(grpc::StatusCode::UNAVAILABLE, v1::ERROR_CODE_NOT_LEADER,
-                 StrCat("metadata group: ", st.message()));
+  if (auto forwarded = ProposeOrForward(cmd, *req, resp, &v1::Admin::Stub::RemoveNode)) {
+    return *forwarded;
   }
   *resp->mutable_node() = *n;
   resp->mutable_node()->set_state(v1::NODE_STATE_DRAINING);

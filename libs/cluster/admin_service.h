@@ -24,6 +24,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 
@@ -84,6 +85,12 @@ class AdminService final : public v1::Admin::Service {
   void FillLeaderHint(raft::NodeId leader, uint64_t term, v1::LeaderHint* hint) const;
   void FillEndpoint(raft::NodeId node, v1::Endpoint* endpoint) const;
 
+  // Proposes `cmd` on this node; when another node is the controller, that node answers `req`
+  // through `forward` instead. nullopt: the command applied here.
+  template <typename Req, typename Resp>
+  std::optional<grpc::Status> ProposeOrForward(
+      const v1::MetadataCommand& cmd, const Req& req, Resp* resp,
+      grpc::Status (v1::Admin::Stub::*forward)(grpc::ClientContext*, const Req&, Resp*));
   void LocalPartitions(const std::vector<uint32_t>& requested, v1::ListPartitionsResponse* resp);
 
   RaftHost& host_;

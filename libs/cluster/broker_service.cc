@@ -1,7 +1,6 @@
 #include "libs/cluster/broker_service.h"
 
 #include <atomic>
-#include <charconv>
 
 #include "libs/common/partitioning.h"
 #include "libs/common/strings.h"
@@ -65,14 +64,9 @@ void BrokerService::SetNotLeader(raft::NodeId leader, uint64_t term, v1::ErrorIn
   hint->set_node_id(leader);
   hint->set_term(term);
   if (std::optional<std::string> found = options_.directory->Address(leader); found) {
-    const std::string& addr = *found;
-    size_t colon = addr.rfind(':');
-    uint32_t port = 0;
-    if (colon != std::string::npos) {
-      std::from_chars(addr.data() + colon + 1, addr.data() + addr.size(), port);
+    if (auto parsed = ParseEndpoint(*found); parsed.ok()) {
+      *hint->mutable_endpoint() = *std::move(parsed);
     }
-    hint->mutable_endpoint()->set_host(addr.substr(0, colon));
-    hint->mutable_endpoint()->set_port(port);
   }
 }
 

@@ -386,7 +386,8 @@ grpc::Status RaftTransportService::InstallSnapshot(grpc::ServerContext*,
   uint64_t offset = 0;
   uint32_t crc = 0;
   bool final = false;
-  std::string pending;  // bytes of an incomplete record
+  std::string pending;  // records not written yet, the last one possibly incomplete
+  size_t pos = 0;       // end of the complete records in `pending` (scanned once)
   while (!final && reader->Read(&chunk)) {
     if (chunk.offset() != offset || Crc32c(crc, chunk.data()) != chunk.crc32c()) {
       return grpc::Status(grpc::StatusCode::DATA_LOSS, "snapshot chunk offset or CRC mismatch");
@@ -397,7 +398,6 @@ grpc::Status RaftTransportService::InstallSnapshot(grpc::ServerContext*,
     if (skip) continue;
     pending.append(chunk.data());
     // Write the complete records; keep the tail of a record split across chunks.
-    size_t pos = 0;
     while (true) {
       std::string_view rest(pending.data() + pos, pending.size() - pos);
       uint32_t klen = 0, vlen = 0;
@@ -411,6 +411,7 @@ grpc::Status RaftTransportService::InstallSnapshot(grpc::ServerContext*,
       s = host_->WriteSnapshotRecords(group, std::string_view(pending.data(), pos));
       if (!s.ok()) return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, std::string(s.message()));
       pending.erase(0, pos);
+      pos = 0;
     }
   }
   if (!final) return grpc::Status(grpc::StatusCode::CANCELLED, "snapshot stream ended early");

@@ -123,7 +123,11 @@ absl::Status MetadataStateMachine::Apply(uint64_t index, std::string_view data,
   return absl::OkStatus();
 }
 
-std::string EndpointAddress(const v1::Endpoint& e) { return StrCat(e.host(), ":", e.port()); }
+std::string EndpointAddress(const v1::Endpoint& e) {
+  // Endpoint.host holds an IPv6 literal without brackets; an address needs them.
+  if (e.host().find(':') != std::string::npos) return StrCat("[", e.host(), "]:", e.port());
+  return StrCat(e.host(), ":", e.port());
+}
 
 absl::StatusOr<v1::Endpoint> ParseEndpoint(std::string_view address) {
   size_t colon = address.rfind(':');
@@ -134,8 +138,12 @@ absl::StatusOr<v1::Endpoint> ParseEndpoint(std::string_view address) {
       port == 0 || port > 65535) {
     return absl::InvalidArgumentError(StrCat("'", address, "' is not host:port"));
   }
+  std::string_view host = address.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);  // Endpoint.host: IPv6 without brackets
+  }
   v1::Endpoint e;
-  e.set_host(std::string(address.substr(0, colon)));
+  e.set_host(std::string(host));
   e.set_port(port);
   return e;
 }

@@ -55,7 +55,8 @@ class MetadataStateMachine {
 
 // "host:port" of an endpoint.
 std::string EndpointAddress(const v1::Endpoint& e);
-// Parses "host:port"; InvalidArgument when it is not one.
+// Parses "host:port" ("[v6]:port" gives the host without brackets); InvalidArgument when it is
+// not one.
 absl::StatusOr<v1::Endpoint> ParseEndpoint(std::string_view address);
 
 // The applied metadata as the node's services read it. Thread-safe.
