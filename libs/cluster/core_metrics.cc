@@ -1,5 +1,6 @@
 #include "libs/cluster/core_metrics.h"
 
+#include <algorithm>
 #include <prometheus/metric_family.h>
 
 namespace herald::cluster {
@@ -84,6 +85,11 @@ class CoreCollector : public prometheus::Collectable {
       Add(trimmed, static_cast<double>(g.trimmed_messages), pl);
     }
     for (const auto& [role, n] : by_role) Add(roles, n, {{"role", role}});
+    auto quiesced = Family("herald_raft_quiesced_groups",
+                           "Replicas on this node that are idle and not ticking.",
+                           MetricType::Gauge);
+    Add(quiesced, static_cast<double>(std::count_if(
+                      groups.begin(), groups.end(), [](const GroupStatus& g) { return g.quiesced; })));
 
     const RaftHostStats& s = host.stats();
     auto counter = [](const std::string& name, const std::string& help, uint64_t v) {
@@ -91,8 +97,11 @@ class CoreCollector : public prometheus::Collectable {
       Add(f, static_cast<double>(v));
       return f;
     };
-    std::vector<MetricFamily> out = {roles,  term,  commit_lag, append_lag,
-                                     stored, bytes, offset,     trimmed};
+    std::vector<MetricFamily> out = {roles, term,   commit_lag, append_lag, stored,
+                                     bytes, offset, trimmed,    quiesced};
+    out.push_back(counter("herald_raft_messages_sent_total",
+                          "Raft messages sent to other nodes (heartbeats included).",
+                          s.messages_sent.load()));
     out.push_back(counter("herald_raft_leader_changes_total",
                           "Changes of a group's leader observed by this node.",
                           s.leader_changes.load()));

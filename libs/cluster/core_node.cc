@@ -181,7 +181,10 @@ absl::Status CoreNode::Start(const std::string& data_dir) {
 
   raft_service_ = std::make_unique<RaftTransportService>(
       config_.cluster_id, config_.node_id,
-      [this](GroupId g, raft::Message m) { host_->Deliver(g, std::move(m)); });
+      [this](GroupId g, raft::Message m, bool quiesce) {
+        host_->Deliver(g, std::move(m), quiesce);
+      },
+      [this](raft::NodeId from) { host_->HeardFrom(from); });
   raft_service_->set_host(host_.get());
   BrokerServiceOptions bo;
   bo.partition_count = static_cast<uint32_t>(config_.partitions);

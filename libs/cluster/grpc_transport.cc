@@ -186,17 +186,54 @@ void GrpcRaftTransport::UpdatePeers(const std::map<raft::NodeId, std::string>& p
 void GrpcRaftTransport::Send(GroupId group, raft::Message message) {
   if (senders_.count(message.to) == 0) return;  // unknown peer
   if (message.type == raft::MessageType::kSnapshot) return;  // only through SendSnapshot
-  v1::GroupMessage* gm = pending_[message.to].add_messages();
+  v1::RaftBatch& batch = pending_[message.to];
+  // Heartbeats without a ReadIndex context carry nothing but group, term and commit (see
+  // Node::BroadcastHeartbeat and HandleHeartbeat): send them as compact entries.
+  if (message.type == raft::MessageType::kHeartbeat && message.context.empty()) {
+    v1::GroupHeartbeat* hb = batch.add_heartbeats();
+    hb->set_group_id(group);
+    hb->set_term(message.term);
+    hb->set_commit(message.commit);
+    return;
+  }
+  if (message.type == raft::MessageType::kHeartbeatResp && message.context.empty()) {
+    v1::GroupHeartbeatResponse* r = batch.add_heartbeat_responses();
+    r->set_group_id(group);
+    r->set_term(message.term);
+    return;
+  }
+  v1::GroupMessage* gm = batch.add_messages();
   gm->set_group_id(group);
   ToProto(message, gm->mutable_message());
 }
 
+void GrpcRaftTransport::SendQuiesce(GroupId group, raft::Message heartbeat) {
+  if (senders_.count(heartbeat.to) == 0) return;
+  v1::GroupHeartbeat* hb = pending_[heartbeat.to].add_heartbeats();
+  hb->set_group_id(group);
+  hb->set_term(heartbeat.term);
+  hb->set_commit(heartbeat.commit);
+  hb->set_quiesce(true);
+}
+
 void GrpcRaftTransport::Flush() {
   for (auto& [peer, batch] : pending_) {
-    if (batch.messages_size() == 0) continue;
+    if (batch.messages_size() == 0 && batch.heartbeats_size() == 0 &&
+        batch.heartbeat_responses_size() == 0) {
+      continue;
+    }
     senders_[peer]->Enqueue(std::move(batch));
     batch.Clear();
+    sent_since_tick_.insert(peer);
   }
+}
+
+void GrpcRaftTransport::Tick() {
+  Flush();
+  for (auto& [peer, sender] : senders_) {
+    if (sent_since_tick_.count(peer) == 0) sender->Enqueue(v1::RaftBatch());
+  }
+  sent_since_tick_.clear();
 }
 
 uint64_t GrpcRaftTransport::dropped_batches() const {
@@ -310,8 +347,11 @@ void GrpcRaftTransport::RunSnapshotTransfer(GroupId group, raft::Message message
 }
 
 RaftTransportService::RaftTransportService(std::string cluster_id, raft::NodeId self,
-                                           DeliverFn deliver)
-    : cluster_id_(std::move(cluster_id)), self_(self), deliver_(std::move(deliver)) {}
+                                           DeliverFn deliver, HeardFn heard)
+    : cluster_id_(std::move(cluster_id)),
+      self_(self),
+      deliver_(std::move(deliver)),
+      heard_(std::move(heard)) {}
 
 grpc::Status RaftTransportService::Stream(
     grpc::ServerContext* ctx, grpc::ServerReaderWriter<v1::RaftFrame, v1::RaftFrame>* stream) {
@@ -332,10 +372,30 @@ grpc::Status RaftTransportService::Stream(
   const raft::NodeId from = hello.node_id();
   while (stream->Read(&frame)) {
     if (!frame.has_batch()) continue;
-    for (const v1::GroupMessage& gm : frame.batch().messages()) {
+    const v1::RaftBatch& batch = frame.batch();
+    if (heard_) heard_(from);
+    // raft.proto: heartbeats, then heartbeat responses, then messages.
+    for (const v1::GroupHeartbeat& hb : batch.heartbeats()) {
+      raft::Message m;
+      m.type = raft::MessageType::kHeartbeat;
+      m.from = from;
+      m.to = self_;
+      m.term = hb.term();
+      m.commit = hb.commit();
+      deliver_(hb.group_id(), std::move(m), hb.quiesce());
+    }
+    for (const v1::GroupHeartbeatResponse& r : batch.heartbeat_responses()) {
+      raft::Message m;
+      m.type = raft::MessageType::kHeartbeatResp;
+      m.from = from;
+      m.to = self_;
+      m.term = r.term();
+      deliver_(r.group_id(), std::move(m), false);
+    }
+    for (const v1::GroupMessage& gm : batch.messages()) {
       auto m = FromProto(gm.message());
       if (!m.ok() || m->from != from || m->to != self_) continue;  // malformed or misrouted
-      deliver_(gm.group_id(), std::move(*m));
+      deliver_(gm.group_id(), std::move(*m), false);
     }
   }
   return grpc::Status::OK;

@@ -1,5 +1,9 @@
 // Raft messages between core nodes over gRPC (proto/herald/v1/raft.proto): one outbound stream
-// per peer node carries every group's messages, batched per Raft host pass.
+// per peer node carries every group's messages, batched per Raft host pass. Heartbeats and their
+// responses travel coalesced: one compact entry per group (GroupHeartbeat: group, term, commit)
+// in the pass's batch instead of a full message, and a batch goes to every peer at least once
+// per tick (an empty one when there is nothing else), which is how peers know this node is alive
+// while its groups are quiesced.
 //
 // Delivery is best effort, as Raft expects of its network: a batch that cannot be written (peer
 // down, stream broken, sender queue full) is dropped, and the stream reconnects with backoff.
@@ -39,7 +43,9 @@ class GrpcRaftTransport final : public Transport {
   ~GrpcRaftTransport() override;
 
   void Send(GroupId group, raft::Message message) override;
+  void SendQuiesce(GroupId group, raft::Message heartbeat) override;
   void Flush() override;
+  void Tick() override;
   void SendSnapshot(GroupId group, raft::Message message,
                     std::shared_ptr<SnapshotSource> source) override;
 
@@ -63,6 +69,7 @@ class GrpcRaftTransport final : public Transport {
   std::map<raft::NodeId, std::unique_ptr<PeerSender>> senders_;
   std::map<raft::NodeId, std::string> addresses_;  // host thread
   std::map<raft::NodeId, v1::RaftBatch> pending_;  // host thread
+  std::set<raft::NodeId> sent_since_tick_;           // host thread
 
   // Snapshot transfers in flight, one per (group, receiver).
   std::mutex transfers_mu_;
@@ -76,8 +83,12 @@ class GrpcRaftTransport final : public Transport {
 // Receives streams from peers and hands their messages to the local host.
 class RaftTransportService final : public v1::RaftTransport::Service {
  public:
-  using DeliverFn = std::function<void(GroupId, raft::Message)>;
-  RaftTransportService(std::string cluster_id, raft::NodeId self, DeliverFn deliver);
+  // A message for the local host; `quiesce` marks a leader's quiesce heartbeat.
+  using DeliverFn = std::function<void(GroupId, raft::Message, bool quiesce)>;
+  // Called for every batch received from a peer (empty ones included).
+  using HeardFn = std::function<void(raft::NodeId)>;
+  RaftTransportService(std::string cluster_id, raft::NodeId self, DeliverFn deliver,
+                       HeardFn heard = nullptr);
   // Where InstallSnapshot writes (set before serving); without it snapshots are refused.
   void set_host(RaftHost* host) { host_ = host; }
 
@@ -91,6 +102,7 @@ class RaftTransportService final : public v1::RaftTransport::Service {
   const std::string cluster_id_;
   const raft::NodeId self_;
   DeliverFn deliver_;
+  HeardFn heard_;
   RaftHost* host_ = nullptr;
   std::mutex installs_mu_;
   std::set<GroupId> installs_ ABSL_GUARDED_BY(installs_mu_);

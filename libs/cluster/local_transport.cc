@@ -7,18 +7,30 @@ class LocalTransport : public Transport {
  public:
   LocalTransport(LocalNetwork& net, raft::NodeId self) : net_(net), self_(self) {}
   void Send(GroupId group, raft::Message message) override {
-    out_.emplace_back(group, std::move(message));
+    out_.push_back({group, std::move(message), false});
+  }
+  void SendQuiesce(GroupId group, raft::Message heartbeat) override {
+    out_.push_back({group, std::move(heartbeat), true});
   }
   void Flush() override {
     auto out = std::move(out_);
     out_.clear();
-    for (auto& [g, m] : out) net_.Route(self_, g, std::move(m));
+    for (auto& o : out) net_.Route(self_, o.group, std::move(o.message), o.quiesce);
+  }
+  void Tick() override {
+    Flush();
+    net_.Ping(self_);
   }
 
  private:
+  struct Out {
+    GroupId group;
+    raft::Message message;
+    bool quiesce;
+  };
   LocalNetwork& net_;
   raft::NodeId self_;
-  std::vector<std::pair<GroupId, raft::Message>> out_;
+  std::vector<Out> out_;
 };
 
 }  // namespace
@@ -46,7 +58,7 @@ void LocalNetwork::CutOff(raft::NodeId node, bool cut) {
   }
 }
 
-void LocalNetwork::Route(raft::NodeId from, GroupId group, raft::Message m) {
+void LocalNetwork::Route(raft::NodeId from, GroupId group, raft::Message m, bool quiesce) {
   // Deliver only queues under the target's own lock, and a host never calls into the network
   // while holding that lock, so holding ours across it is safe; it keeps the target alive
   // (Detach waits for it) while we deliver.
@@ -54,7 +66,22 @@ void LocalNetwork::Route(raft::NodeId from, GroupId group, raft::Message m) {
   if (cut_.count(from) != 0 || cut_.count(m.to) != 0) return;
   auto it = hosts_.find(m.to);
   if (it == hosts_.end()) return;
-  it->second->Deliver(group, std::move(m));
+  ++routed_;
+  it->second->HeardFrom(from);
+  it->second->Deliver(group, std::move(m), quiesce);
+}
+
+void LocalNetwork::Ping(raft::NodeId from) {
+  std::lock_guard<std::mutex> l(mu_);
+  if (cut_.count(from) != 0) return;
+  for (auto& [id, host] : hosts_) {
+    if (id != from && cut_.count(id) == 0) host->HeardFrom(from);
+  }
+}
+
+uint64_t LocalNetwork::routed() {
+  std::lock_guard<std::mutex> l(mu_);
+  return routed_;
 }
 
 }  // namespace herald::cluster

@@ -21,12 +21,17 @@ class LocalNetwork {
   void Detach(raft::NodeId node);
   // A cut-off node neither sends nor receives.
   void CutOff(raft::NodeId node, bool cut);
-  void Route(raft::NodeId from, GroupId group, raft::Message m);
+  void Route(raft::NodeId from, GroupId group, raft::Message m, bool quiesce);
+  // A node-level heartbeat: every other attached node hears from `from`.
+  void Ping(raft::NodeId from);
+  // Raft messages delivered so far (pings not counted).
+  uint64_t routed();
 
  private:
   std::mutex mu_;
   std::map<raft::NodeId, RaftHost*> hosts_ ABSL_GUARDED_BY(mu_);
   std::set<raft::NodeId> cut_ ABSL_GUARDED_BY(mu_);
+  uint64_t routed_ ABSL_GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace herald::cluster

@@ -33,6 +33,9 @@ struct RaftHost::Group {
   bool installing = false;
   // The image captured by the last snapshot handed to Raft, until its message is sent.
   std::shared_ptr<SnapshotSource> outgoing;
+  // Quiescence (see raft_host.h): not ticking; and, on a leader, ticks spent idle so far.
+  bool quiesced = false;
+  int idle_ticks = 0;
 
   uint64_t applied() const { return meta ? meta->applied_index() : sm->applied_index(); }
   void LoadConf() {
@@ -334,6 +337,7 @@ absl::Status RaftHost::BeginSnapshotInstall(GroupId group, uint64_t index, bool*
     }
     *skip_data = false;
     g.installing = true;
+    Wake(g);
     FailPending(g, absl::UnavailableError("replica is installing a snapshot; outcome unknown"));
     rocksdb::WriteBatch batch;
     std::string prefix = GroupStatePrefix(group);
@@ -435,13 +439,19 @@ void RaftHost::Stop() {
   inbox_ = Inbox();
 }
 
-void RaftHost::Deliver(GroupId group, raft::Message message) {
+void RaftHost::Deliver(GroupId group, raft::Message message, bool quiesce) {
   {
     std::lock_guard<std::mutex> l(mu_);
     if (!running_) return;
-    inbox_.messages.emplace_back(group, std::move(message));
+    inbox_.messages.push_back(Inbound{group, std::move(message), quiesce});
   }
   cv_.notify_one();
+}
+
+void RaftHost::HeardFrom(raft::NodeId node) {
+  auto now = clock_.Now();
+  std::lock_guard<std::mutex> l(heard_mu_);
+  heard_[node] = now;
 }
 
 void RaftHost::Propose(GroupId group, std::string command, ProposalCallback done) {
@@ -577,6 +587,7 @@ GroupStatus RaftHost::StatusOf(const Group& g) {
   st.first_index = g.log->FirstIndex();
   st.conf_state = g.node->conf_state();
   st.partition = g.partition;
+  st.quiesced = g.quiesced;
   if (g.sm) {
     st.last_offset = g.sm->last_offset();
     st.stored_messages = g.sm->state().message_count();
@@ -629,9 +640,15 @@ void RaftHost::Run() {
       next_tick += options_.tick;
     }
     if (now >= next_tick) next_tick = now + options_.tick;
-    for (auto& [id, g] : groups_) {
-      if (g->installing) continue;
-      for (int i = 0; i < ticks; ++i) g->node->Tick();
+    if (ticks > 0) {
+      // Quiescence first: a group quiesced now must not also tick (its heartbeats would wake
+      // the followers the quiesce heartbeat just put to rest).
+      TickQuiescence(ticks);
+      for (auto& [id, g] : groups_) {
+        if (g->installing || g->quiesced) continue;
+        for (int i = 0; i < ticks; ++i) g->node->Tick();
+      }
+      transport_.Tick();
     }
     RunPass(inbox);
     if (inbox.stop) break;
@@ -647,10 +664,21 @@ void RaftHost::FailPending(Group& g, const absl::Status& why) {
 }
 
 void RaftHost::RunPass(Inbox& inbox) {
-  for (auto& [group, m] : inbox.messages) {
-    auto it = groups_.find(group);
-    if (it != groups_.end() && !it->second->installing) {
-      it->second->node->Step(std::move(m)).IgnoreError();
+  for (Inbound& in : inbox.messages) {
+    auto it = groups_.find(in.group);
+    if (it == groups_.end() || it->second->installing) continue;
+    Group& g = *it->second;
+    const raft::MessageType type = in.message.type;
+    const raft::NodeId from = in.message.from;
+    const uint64_t term = in.message.term;
+    g.node->Step(std::move(in.message)).IgnoreError();
+    if (in.quiesce) {
+      // The leader's last heartbeat before it goes quiet: stop ticking, unless it is not (or
+      // no longer) this replica's leader in this term.
+      g.quiesced = g.node->role() != raft::Role::kLeader && g.node->leader() == from &&
+                   g.node->term() == term;
+    } else if (g.quiesced && type != raft::MessageType::kHeartbeatResp) {
+      Wake(g);
     }
   }
   for (auto& task : inbox.tasks) task();
@@ -697,6 +725,16 @@ void RaftHost::RunPass(Inbox& inbox) {
       Fatal(StrCat("group ", id, ": snapshot at ", rd.snapshot.metadata.index),
             absl::InternalError(StrCat("state machine image is at ", g.applied())));
     }
+    // Activity wakes a quiesced group and restarts a leader's idle count: new entries, a
+    // snapshot, an election, any message other than a heartbeat or its response. A follower
+    // learning its leader or commit index from a quiesce heartbeat is not activity.
+    bool active = !rd.entries.empty() || !rd.snapshot.IsEmpty() ||
+                  (rd.soft_state && rd.soft_state->role != raft::Role::kFollower);
+    for (const raft::Message& m : rd.messages) {
+      active = active || (m.type != raft::MessageType::kHeartbeat &&
+                          m.type != raft::MessageType::kHeartbeatResp);
+    }
+    if (active) Wake(g);
     for (const raft::Entry& e : rd.committed_entries) {
       if (e.type == raft::EntryType::kConfChange) {
         ApplyConfEntry(g, e, &batch);
@@ -752,6 +790,7 @@ void RaftHost::RunPass(Inbox& inbox) {
     g->sm->Flushed();
   }
   for (auto& [g, rd] : readies) {
+    stats_.messages_sent.fetch_add(rd.messages.size(), std::memory_order_relaxed);
     for (raft::Message& m : rd.messages) {
       if (m.type == raft::MessageType::kSnapshot) {
         std::shared_ptr<SnapshotSource> source = g->outgoing;
@@ -834,6 +873,90 @@ std::optional<GroupStatus> RaftHost::MetadataStatus() {
   });
   if (!s.ok()) return std::nullopt;
   return out;
+}
+
+void RaftHost::Wake(Group& g) {
+  g.quiesced = false;
+  g.idle_ticks = 0;
+}
+
+void RaftHost::Quiesce(Group& g) {
+  raft::Node& node = *g.node;
+  const raft::ConfState& cs = node.conf_state();
+  for (const auto* list : {&cs.voters, &cs.learners}) {
+    for (raft::NodeId m : *list) {
+      if (m == options_.node_id) continue;
+      raft::Message hb;
+      hb.type = raft::MessageType::kHeartbeat;
+      hb.to = m;
+      hb.from = options_.node_id;
+      hb.term = node.term();
+      hb.commit = node.committed();  // every member holds it (checked by TickQuiescence)
+      transport_.SendQuiesce(g.id, std::move(hb));
+      stats_.messages_sent.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+  g.quiesced = true;
+}
+
+void RaftHost::TickQuiescence(int ticks) {
+  // A leader quiesces after this many idle ticks in a row.
+  constexpr int kIdleTicksBeforeQuiesce = 3;
+  const auto now = clock_.Now();
+  const auto timeout = options_.tick * options_.election_ticks;
+  std::map<raft::NodeId, Clock::MonotonicTime> heard;
+  {
+    std::lock_guard<std::mutex> l(heard_mu_);
+    heard = heard_;
+  }
+  auto alive = [&](raft::NodeId n) {
+    if (n == options_.node_id) return true;
+    auto it = heard.find(n);
+    return it != heard.end() && now - it->second < timeout;
+  };
+  bool sent = false;
+  for (auto& [id, gp] : groups_) {
+    Group& g = *gp;
+    if (g.installing) continue;
+    raft::Node& node = *g.node;
+    const raft::ConfState& cs = node.conf_state();
+    std::vector<raft::NodeId> members = cs.voters;
+    members.insert(members.end(), cs.learners.begin(), cs.learners.end());
+    if (g.quiesced) {
+      for (raft::NodeId m : members) {
+        if (alive(m)) continue;
+        Wake(g);
+        if (m == node.leader() && node.role() != raft::Role::kLeader) {
+          // The leader's node went silent: have the election timer nearly expired, so that
+          // this replica campaigns within one randomized timeout (not two).
+          for (int i = 0; i + 1 < options_.election_ticks; ++i) node.Tick();
+        }
+        break;
+      }
+      continue;
+    }
+    bool idle = node.role() == raft::Role::kLeader && g.pending.empty() &&
+                g.compaction_proposed == 0 && node.transferee() == raft::kNoNode &&
+                node.committed() == node.last_index() && node.applied() == node.committed() &&
+                !node.HasReady();
+    for (raft::NodeId m : members) {
+      if (!idle) break;
+      if (m == options_.node_id) continue;
+      const raft::Progress* pr = node.progress(m);
+      idle = pr != nullptr && pr->match == node.last_index() &&
+             pr->state == raft::Progress::State::kReplicate && alive(m);
+    }
+    if (!idle) {
+      g.idle_ticks = 0;
+      continue;
+    }
+    g.idle_ticks += ticks;
+    if (g.idle_ticks >= kIdleTicksBeforeQuiesce) {
+      Quiesce(g);
+      sent = sent || members.size() > 1;
+    }
+  }
+  if (sent) transport_.Flush();
 }
 
 void RaftHost::MaybeProposeCompaction(Group& g) {

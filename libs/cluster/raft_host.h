@@ -13,6 +13,17 @@
 // That order is the host contract of libs/raft/node.h: nothing leaves the node before the state
 // it depends on is durable, and only committed entries are applied.
 //
+// Quiescence: a group this node leads whose log is fully committed, applied and replicated to
+// every member, with nothing pending, is quiesced after a few idle ticks: its leader sends each
+// member one last heartbeat marked "quiesce" (Transport::SendQuiesce) and every replica stops
+// ticking, so idle groups cost no heartbeats and no timer work. Any activity wakes a group: a
+// proposal, a membership change or leadership transfer, any Raft message other than heartbeat
+// responses, and any output other than heartbeat responses. Failure detection for quiesced
+// groups moves to the node level: transports make every peer hear from this node at least once
+// per tick (Transport::Tick), and a quiesced replica wakes when a member of its group has not
+// been heard from for an election timeout; when that member is its leader, the replica wakes
+// with its election timer nearly expired, so it campaigns within one randomized timeout.
+//
 // Threading: the public methods are thread-safe; everything else runs on the host's thread.
 #pragma once
 
@@ -70,6 +81,15 @@ class Transport {
   virtual ~Transport() = default;
   virtual void Send(GroupId group, raft::Message message) = 0;
   virtual void Flush() = 0;
+  // Sends `heartbeat` (a kHeartbeat of a group this node leads) marked "quiesce": the receiver
+  // stops ticking its replica until the group is active again (see RaftHost, "Quiescence").
+  // Batched like Send. The default sends it unmarked (the receiver then keeps ticking).
+  virtual void SendQuiesce(GroupId group, raft::Message heartbeat) {
+    Send(group, std::move(heartbeat));
+  }
+  // Called once per tick: lets every peer hear from this node at least once per tick even when
+  // no group has anything to say (node liveness, see RaftHost::HeardFrom). Default: nothing.
+  virtual void Tick() {}
   // Streams `source` to message.to, then has the receiver step `message` (a kSnapshot). Runs
   // in the background; a failure is only logged (the leader sends a new snapshot after an
   // election timeout). The default drops it.
@@ -134,6 +154,8 @@ struct GroupStatus {
   uint64_t stored_messages = 0;
   uint64_t stored_bytes = 0;
   uint64_t trimmed_messages = 0;
+  // The replica is quiesced: idle, not ticking (see RaftHost, "Quiescence").
+  bool quiesced = false;
 };
 
 // Counters of a host's activity since it started. Thread-safe to read.
@@ -145,6 +167,7 @@ struct RaftHostStats {
   std::atomic<uint64_t> proposals{0};
   std::atomic<uint64_t> proposals_refused{0};
   std::atomic<uint64_t> leader_changes{0};  // observed changes of a group's leader
+  std::atomic<uint64_t> messages_sent{0};  // Raft messages handed to the transport
 };
 
 class RaftHost {
@@ -189,8 +212,13 @@ class RaftHost {
   // Stops the thread; pending proposals fail with UNAVAILABLE (outcome unknown).
   void Stop();
 
-  // Queues an inbound message from the transport. Thread-safe.
-  void Deliver(GroupId group, raft::Message message);
+  // Queues an inbound message from the transport; `quiesce` marks a leader's quiesce heartbeat
+  // (Transport::SendQuiesce). Thread-safe.
+  void Deliver(GroupId group, raft::Message message, bool quiesce = false);
+  // The transport received something (anything, an empty batch included) from `node`: it is
+  // alive. Quiesced groups wake up when a member has not been heard from for an election
+  // timeout. Thread-safe.
+  void HeardFrom(raft::NodeId node);
   // Proposes a PartitionCommand (serialized) on `group`; `done` runs on the host's thread once
   // the outcome is known. Thread-safe.
   void Propose(GroupId group, std::string command, ProposalCallback done);
@@ -232,8 +260,13 @@ class RaftHost {
     uint64_t term;
     ProposalCallback done;
   };
+  struct Inbound {
+    GroupId group;
+    raft::Message message;
+    bool quiesce;
+  };
   struct Inbox {
-    std::vector<std::pair<GroupId, raft::Message>> messages;
+    std::vector<Inbound> messages;
     std::vector<std::tuple<GroupId, std::string, ProposalCallback>> proposals;
     std::vector<std::function<void()>> tasks;
     bool stop = false;
@@ -250,6 +283,11 @@ class RaftHost {
   absl::Status RunOnHost(std::function<absl::Status()> fn);
   void FailPending(Group& g, const absl::Status& why);
   void MaybeProposeCompaction(Group& g);
+  // Quiescence (host thread, once per tick): wakes quiesced groups that lost a member, and
+  // quiesces idle groups this node leads.
+  void TickQuiescence(int ticks);
+  void Quiesce(Group& g);
+  void Wake(Group& g);
   static GroupStatus StatusOf(const Group& g);
 
   storage::Engine& engine_;
@@ -264,6 +302,10 @@ class RaftHost {
   std::map<GroupId, std::map<uint64_t, std::function<void()>>> watchers_
       ABSL_GUARDED_BY(watchers_mu_);
   uint64_t next_watcher_id_ ABSL_GUARDED_BY(watchers_mu_) = 1;
+
+  // When each peer was last heard from (HeardFrom).
+  std::mutex heard_mu_;
+  std::map<raft::NodeId, Clock::MonotonicTime> heard_ ABSL_GUARDED_BY(heard_mu_);
 
   std::mutex mu_;
   std::condition_variable cv_;

@@ -285,5 +285,98 @@ TEST_F(RaftHostTest, HandOffLeadershipLeavesNoGroupLeaderless) {
   EXPECT_NE(next, leader);
 }
 
+// Whether every running node reports its replica of kGroup quiesced, within `timeout`.
+bool WaitAllQuiesced(std::map<raft::NodeId, TestNode>& nodes, std::chrono::milliseconds timeout) {
+  auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (std::chrono::steady_clock::now() < deadline) {
+    bool all = true;
+    for (auto& [id, n] : nodes) {
+      if (!n.host) continue;
+      auto st = n.host->Status();
+      all = all && !st.empty() && st[0].quiesced;
+    }
+    if (all) return true;
+    std::this_thread::sleep_for(10ms);
+  }
+  return false;
+}
+
+TEST_F(RaftHostTest, IdleGroupQuiescesAndWakesForAProposal) {
+  for (raft::NodeId id : {1, 2, 3}) StartNode(id, {1, 2, 3});
+  ASSERT_NE(PublishWithRetry("first", 7, 1), 0u);
+  ASSERT_TRUE(WaitAllQuiesced(nodes_, 5s)) << "the idle group never quiesced on every replica";
+  // Quiesced: 30 ticks pass without a single Raft message (node pings are not Raft messages).
+  uint64_t before = net_.routed();
+  std::this_thread::sleep_for(300ms);
+  EXPECT_EQ(net_.routed(), before) << "a quiesced group still exchanges messages";
+  raft::NodeId leader = WaitForLeader();
+  ASSERT_NE(leader, 0u);
+  // A proposal wakes it; it commits on every replica, and the group goes quiet again.
+  ProposalResult r = ProposeAndWait(leader, PublishCommand("t", "second", 7, 2));
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_GT(net_.routed(), before);
+  uint64_t target = nodes_[leader].host->Status()[0].applied;
+  for (raft::NodeId id : {1, 2, 3}) {
+    ASSERT_TRUE(WaitApplied(id, target));
+    EXPECT_EQ(ReadAll(id), (std::vector<std::string>{"first", "second"})) << "node " << id;
+  }
+  EXPECT_TRUE(WaitAllQuiesced(nodes_, 5s));
+  EXPECT_EQ(WaitForLeader(), leader) << "quiescing changed the leader";
+}
+
+TEST_F(RaftHostTest, QuiescedFollowersElectANewLeaderWhenTheLeaderFallsSilent) {
+  for (raft::NodeId id : {1, 2, 3}) StartNode(id, {1, 2, 3});
+  ASSERT_NE(PublishWithRetry("before", 8, 1), 0u);
+  ASSERT_TRUE(WaitAllQuiesced(nodes_, 5s));
+  raft::NodeId old_leader = WaitForLeader();
+  ASSERT_NE(old_leader, 0u);
+  auto t0 = std::chrono::steady_clock::now();
+  StopNode(old_leader);  // no more messages, no more node pings
+  raft::NodeId next = 0;
+  while (next == 0 && std::chrono::steady_clock::now() - t0 < 10s) {
+    next = WaitForLeader(100ms);
+  }
+  ASSERT_NE(next, 0u) << "the quiesced followers never noticed their leader was gone";
+  EXPECT_NE(next, old_leader);
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                std::chrono::steady_clock::now() - t0)
+                .count();
+  // Ticks are 10 ms: silence is noticed after one election timeout (100 ms) and the election
+  // takes at most one randomized timeout more.
+  std::printf("new leader %lld ms after the quiesced leader fell silent\n",
+              static_cast<long long>(ms));
+  EXPECT_LT(ms, 2000);
+  ASSERT_NE(PublishWithRetry("after", 8, 2), 0u);
+  EXPECT_EQ(ReadAll(next), (std::vector<std::string>{"before", "after"}));
+}
+
+TEST_F(RaftHostTest, QuiescedLeaderCutOffStepsDownAndRejoins) {
+  for (raft::NodeId id : {1, 2, 3}) StartNode(id, {1, 2, 3});
+  ASSERT_NE(PublishWithRetry("before", 9, 1), 0u);
+  ASSERT_TRUE(WaitAllQuiesced(nodes_, 5s));
+  raft::NodeId old_leader = WaitForLeader();
+  ASSERT_NE(old_leader, 0u);
+  net_.CutOff(old_leader, true);
+  // The isolated leader wakes (it no longer hears its followers) and, without a quorum, steps
+  // down; the others elect a leader among themselves.
+  auto deadline = std::chrono::steady_clock::now() + 10s;
+  bool old_stepped_down = false;
+  raft::NodeId other_leader = 0;
+  while (std::chrono::steady_clock::now() < deadline && (!old_stepped_down || other_leader == 0)) {
+    old_stepped_down = nodes_[old_leader].host->Status()[0].role != raft::Role::kLeader;
+    for (auto& [id, n] : nodes_) {
+      if (id != old_leader && n.host->Status()[0].role == raft::Role::kLeader) other_leader = id;
+    }
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_TRUE(old_stepped_down) << "the cut-off quiesced leader kept claiming leadership";
+  ASSERT_NE(other_leader, 0u);
+  ASSERT_TRUE(ProposeAndWait(other_leader, PublishCommand("t", "during", 9, 2)).status.ok());
+  net_.CutOff(old_leader, false);
+  uint64_t target = nodes_[other_leader].host->Status()[0].applied;
+  ASSERT_TRUE(WaitApplied(old_leader, target));
+  EXPECT_EQ(ReadAll(old_leader), (std::vector<std::string>{"before", "during"}));
+}
+
 }  // namespace
 }  // namespace herald::cluster

@@ -183,7 +183,7 @@ class Inbox {
   describe() {
     return JSON.stringify(this.messages.map((m) => ({
       topic: m.topic, payload: m.payload, qos: m.packet.qos, retain: m.packet.retain,
-      dup: m.packet.dup })));
+      dup: m.packet.dup, id: m.packet.messageId })));
   }
 
   // The first n messages; fails when fewer than n arrive within timeoutMs.
@@ -389,7 +389,10 @@ describe('herald (no auth)', () => {
           assert.equal(m.payload, 'kept');
           await sleep(500);
           assert.deepEqual(rh2.inbox.payloads(), [],
-                           `Retain Handling 2 subscriber got: ${rh2.inbox.describe()}`);
+                           `Retain Handling 2 subscriber got: ${rh2.inbox.describe()}; ` +
+                           `rh=0 subscriber got: ${rh0.inbox.describe()}; witness got: ` +
+                           `${witness.inbox.describe()}; herald's log:\n` +
+                           herald.logTail.slice(-40).join('\n'));
           await publish(pub, topic, 'live', { qos: 1 });
           const [live] = await rh2.inbox.waitFor(1);
           assert.equal(live.payload, 'live');
