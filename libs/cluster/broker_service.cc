@@ -117,8 +117,9 @@ grpc::ServerUnaryReactor* BrokerService::Publish(grpc::CallbackServerContext* ct
       m->clear_offset();
       m->clear_publish_time_unix_ms();
     }
-    host_.Propose(
-        GroupForPartition(partition), cmd.SerializeAsString(),
+    const size_t count = indexes.size();
+    host_.ProposePublish(
+        GroupForPartition(partition), cmd.SerializeAsString(), count,
         [this, reactor, response, outstanding, indexes = std::move(indexes)](ProposalResult r) {
           for (size_t k = 0; k < indexes.size(); ++k) {
             v1::PublishResult* out = response->mutable_results(indexes[k]);

@@ -36,6 +36,12 @@ struct RaftHost::Group {
   // Quiescence (see raft_host.h): not ticking; and, on a leader, ticks spent idle so far.
   bool quiesced = false;
   int idle_ticks = 0;
+  // Pipelined fsync: the highest log index known durable on this node; committed entries above
+  // it wait in `stash` (in order) until it catches up. `unsent` counts written passes whose
+  // messages for this group still wait for their fsync.
+  uint64_t durable = 0;
+  std::deque<raft::Entry> stash;
+  int unsent = 0;
 
   uint64_t applied() const { return meta ? meta->applied_index() : sm->applied_index(); }
   void LoadConf() {
@@ -171,6 +177,7 @@ absl::StatusOr<std::unique_ptr<RaftHost::Group>> RaftHost::CreateGroup(
   auto node = raft::Node::Create(cfg);
   if (!node.ok()) return node.status();
   g->node = std::move(*node);
+  g->durable = g->node->last_index();  // everything loaded from the database is durable
   Group* gp = g.get();
   g->log->set_snapshot_provider([this, gp] { return SnapshotFor(*gp); });
   return g;
@@ -337,6 +344,7 @@ absl::Status RaftHost::BeginSnapshotInstall(GroupId group, uint64_t index, bool*
     }
     *skip_data = false;
     g.installing = true;
+    g.stash.clear();  // the image supersedes committed entries not applied yet
     Wake(g);
     FailPending(g, absl::UnavailableError("replica is installing a snapshot; outcome unknown"));
     rocksdb::WriteBatch batch;
@@ -418,8 +426,39 @@ absl::Status RaftHost::Start() {
   std::lock_guard<std::mutex> l(mu_);
   if (running_) return absl::FailedPreconditionError("raft host already running");
   running_ = true;
+  {
+    std::lock_guard<std::mutex> sl(sync_mu_);
+    sync_stop_ = false;
+  }
+  syncer_ = std::thread([this] { RunSyncer(); });
   thread_ = std::thread([this] { Run(); });
   return absl::OkStatus();
+}
+
+void RaftHost::RunSyncer() {
+  uint64_t done = 0;
+  std::unique_lock<std::mutex> l(sync_mu_);
+  while (true) {
+    sync_cv_.wait(l, [&] { return sync_stop_ || sync_requested_ > done; });
+    if (sync_stop_) return;
+    uint64_t target = sync_requested_;
+    l.unlock();
+    auto start = std::chrono::steady_clock::now();
+    absl::Status s = engine_.SyncWal();
+    if (!s.ok()) Fatal("syncing the write-ahead log", s);
+    stats_.write_nanos.fetch_add(
+        static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
+                                  std::chrono::steady_clock::now() - start)
+                                  .count()),
+        std::memory_order_relaxed);
+    done = target;
+    {
+      std::lock_guard<std::mutex> hl(mu_);
+      inbox_.synced = std::max(inbox_.synced, target);
+    }
+    cv_.notify_one();
+    l.lock();
+  }
 }
 
 void RaftHost::Stop() {
@@ -430,10 +469,18 @@ void RaftHost::Stop() {
   }
   cv_.notify_one();
   thread_.join();
+  {
+    std::lock_guard<std::mutex> sl(sync_mu_);
+    sync_stop_ = true;
+  }
+  sync_cv_.notify_one();
+  syncer_.join();
+  outgoing_.clear();
+  sync_in_flight_ = false;
   std::lock_guard<std::mutex> l(mu_);
   running_ = false;
   // Proposals that never reached the thread.
-  for (auto& [g, cmd, done] : inbox_.proposals) {
+  for (auto& [g, cmd, done, n] : inbox_.proposals) {
     done({absl::UnavailableError("raft host stopped"), 0, {}});
   }
   inbox_ = Inbox();
@@ -455,10 +502,15 @@ void RaftHost::HeardFrom(raft::NodeId node) {
 }
 
 void RaftHost::Propose(GroupId group, std::string command, ProposalCallback done) {
+  ProposePublish(group, std::move(command), 0, std::move(done));
+}
+
+void RaftHost::ProposePublish(GroupId group, std::string command, size_t messages,
+                              ProposalCallback done) {
   {
     std::lock_guard<std::mutex> l(mu_);
     if (running_ && !inbox_.stop) {
-      inbox_.proposals.emplace_back(group, std::move(command), std::move(done));
+      inbox_.proposals.emplace_back(group, std::move(command), std::move(done), messages);
       done = nullptr;
     }
   }
@@ -626,11 +678,15 @@ void RaftHost::Run() {
       std::unique_lock<std::mutex> l(mu_);
       auto has_work = [this] {
         return inbox_.stop || !inbox_.messages.empty() || !inbox_.proposals.empty() ||
-               !inbox_.tasks.empty();
+               !inbox_.tasks.empty() || inbox_.synced != 0;
       };
       // The clock may be a test clock; wait in real time slices of at most one tick.
       if (!has_work()) cv_.wait_for(l, options_.tick, has_work);
       std::swap(inbox, inbox_);
+    }
+    if (inbox.synced != 0) {
+      sync_in_flight_ = false;  // the syncer reports only the one fsync it was asked for
+      Release(inbox.synced);
     }
     // Ticks that are due. After a long stall, do not replay a storm of ticks.
     int ticks = 0;
@@ -682,7 +738,53 @@ void RaftHost::RunPass(Inbox& inbox) {
     }
   }
   for (auto& task : inbox.tasks) task();
-  for (auto& [group, cmd, done] : inbox.proposals) {
+  // Publish proposals of one group that arrived together become one entry (up to 1 MiB); the
+  // others keep their place in the group's order.
+  constexpr size_t kMaxMergedBytes = 1 << 20;
+  struct Part {
+    ProposalCallback done;
+    size_t messages;
+  };
+  std::vector<std::tuple<GroupId, std::string, ProposalCallback>> proposals;
+  std::vector<std::shared_ptr<std::vector<Part>>> parts;  // per merged proposal, else null
+  std::map<GroupId, size_t> open;  // group -> its mergeable proposal being built
+  for (auto& [group, cmd, done, n] : inbox.proposals) {
+    if (n > 0) {
+      auto o = open.find(group);
+      if (o != open.end() && std::get<1>(proposals[o->second]).size() + cmd.size() <= kMaxMergedBytes) {
+        std::get<1>(proposals[o->second]).append(cmd);
+        parts[o->second]->push_back(Part{std::move(done), n});
+        continue;
+      }
+      open[group] = proposals.size();
+      proposals.emplace_back(group, std::move(cmd), nullptr);
+      parts.push_back(std::make_shared<std::vector<Part>>());
+      parts.back()->push_back(Part{std::move(done), n});
+    } else {
+      open.erase(group);
+      proposals.emplace_back(group, std::move(cmd), std::move(done));
+      parts.push_back(nullptr);
+    }
+  }
+  for (size_t i = 0; i < proposals.size(); ++i) {
+    if (!parts[i]) continue;
+    if (parts[i]->size() == 1) {
+      std::get<2>(proposals[i]) = std::move(parts[i]->front().done);
+      continue;
+    }
+    // Each caller gets the results of its own messages, in order.
+    std::get<2>(proposals[i]) = [p = parts[i]](ProposalResult r) {
+      size_t at = 0;
+      for (Part& part : *p) {
+        ProposalResult mine{r.status, r.leader_hint, {}};
+        for (size_t k = 0; k < part.messages && at < r.apply.publish.size(); ++k) {
+          mine.apply.publish.push_back(std::move(r.apply.publish[at++]));
+        }
+        part.done(std::move(mine));
+      }
+    };
+  }
+  for (auto& [group, cmd, done] : proposals) {
     auto it = groups_.find(group);
     if (it == groups_.end()) {
       done({absl::NotFoundError(StrCat("no group ", group, " on this node")), 0, {}});
@@ -711,31 +813,72 @@ void RaftHost::RunPass(Inbox& inbox) {
     uint64_t term;
     broker::ApplyResult result;
   };
-  std::vector<std::pair<Group*, raft::Ready>> readies;
+  struct Collected {
+    Group* group;
+    raft::Ready rd;
+    bool has_ready;
+    size_t applied;  // entries applied in this pass
+  };
+  std::vector<Collected> readies;
   std::vector<Applied> applied;
   rocksdb::WriteBatch batch;
+  Outgoing out;
   for (auto& [id, gp] : groups_) {
     Group& g = *gp;
-    if (!g.node->HasReady()) continue;
-    raft::Ready rd = g.node->GetReady();
-    absl::Status s = g.log->StageReady(rd, &batch);
-    if (!s.ok()) Fatal(StrCat("group ", id, ": staging Ready"), s);
-    if (!rd.snapshot.IsEmpty() && g.applied() < rd.snapshot.metadata.index) {
-      // Snapshots are written by FinishSnapshotInstall before Raft sees them.
-      Fatal(StrCat("group ", id, ": snapshot at ", rd.snapshot.metadata.index),
-            absl::InternalError(StrCat("state machine image is at ", g.applied())));
+    const bool has_ready = g.node->HasReady();
+    if (!has_ready && (g.stash.empty() || g.stash.front().index > g.durable)) continue;
+    raft::Ready rd;
+    if (has_ready) {
+      rd = g.node->GetReady();
+      absl::Status s = g.log->StageReady(rd, &batch);
+      if (!s.ok()) Fatal(StrCat("group ", id, ": staging Ready"), s);
+      if (!rd.snapshot.IsEmpty() && g.applied() < rd.snapshot.metadata.index) {
+        // Snapshots are written by FinishSnapshotInstall before Raft sees them.
+        Fatal(StrCat("group ", id, ": snapshot at ", rd.snapshot.metadata.index),
+              absl::InternalError(StrCat("state machine image is at ", g.applied())));
+      }
+      // Activity wakes a quiesced group and restarts a leader's idle count: new entries, a
+      // snapshot, an election, any message other than a heartbeat or its response. A follower
+      // learning its leader or commit index from a quiesce heartbeat is not activity.
+      bool active = !rd.entries.empty() || !rd.snapshot.IsEmpty() ||
+                    (rd.soft_state && rd.soft_state->role != raft::Role::kFollower);
+      for (const raft::Message& m : rd.messages) {
+        active = active || (m.type != raft::MessageType::kHeartbeat &&
+                            m.type != raft::MessageType::kHeartbeatResp);
+      }
+      if (active) Wake(g);
+      uint64_t written = 0;
+      if (!rd.snapshot.IsEmpty()) written = rd.snapshot.metadata.index;
+      if (!rd.entries.empty()) {
+        const uint64_t first = rd.entries.front().index;
+        if (first <= g.durable) {
+          // A follower replacing a conflicting suffix: the new entries are not durable yet,
+          // and neither are they in the passes still waiting for their fsync.
+          g.durable = first - 1;
+          for (Outgoing& o : outgoing_) {
+            for (auto& [wg, wi] : o.written) {
+              if (wg == id) wi = std::min(wi, first - 1);
+            }
+          }
+        }
+        written = rd.entries.back().index;
+      }
+      if (written != 0) out.written.emplace_back(id, written);
+      if (!rd.committed_entries.empty()) {
+        // The entries move to the stash; Advance() only needs the last one's position.
+        raft::Entry last;
+        last.index = rd.committed_entries.back().index;
+        last.term = rd.committed_entries.back().term;
+        for (raft::Entry& e : rd.committed_entries) g.stash.push_back(std::move(e));
+        rd.committed_entries.clear();
+        rd.committed_entries.push_back(std::move(last));
+      }
     }
-    // Activity wakes a quiesced group and restarts a leader's idle count: new entries, a
-    // snapshot, an election, any message other than a heartbeat or its response. A follower
-    // learning its leader or commit index from a quiesce heartbeat is not activity.
-    bool active = !rd.entries.empty() || !rd.snapshot.IsEmpty() ||
-                  (rd.soft_state && rd.soft_state->role != raft::Role::kFollower);
-    for (const raft::Message& m : rd.messages) {
-      active = active || (m.type != raft::MessageType::kHeartbeat &&
-                          m.type != raft::MessageType::kHeartbeatResp);
-    }
-    if (active) Wake(g);
-    for (const raft::Entry& e : rd.committed_entries) {
+    // Apply the committed entries whose log entry is durable here (the others wait, in order).
+    size_t n = 0;
+    while (!g.stash.empty() && g.stash.front().index <= g.durable) {
+      const raft::Entry& e = g.stash.front();
+      ++n;
       if (e.type == raft::EntryType::kConfChange) {
         ApplyConfEntry(g, e, &batch);
         applied.push_back(Applied{&g, e.index, e.term, {}});
@@ -765,13 +908,17 @@ void RaftHost::RunPass(Inbox& inbox) {
         g.sm->ApplyOther(e.index, &batch);
         applied.push_back(Applied{&g, e.index, e.term, {}});
       }
+      g.stash.pop_front();
     }
-    readies.emplace_back(&g, std::move(rd));
+    readies.push_back(Collected{&g, std::move(rd), has_ready, n});
   }
   stats_.passes.fetch_add(1, std::memory_order_relaxed);
   if (readies.empty()) return;
+  // Pipelined fsync (raft_host.h): the write returns before the disk has it when syncing is on;
+  // the syncer makes it durable and Release() then sends what depends on it.
+  const bool pipelined = engine_.syncs();
   auto write_start = std::chrono::steady_clock::now();
-  absl::Status s = engine_.Write(&batch);
+  absl::Status s = pipelined ? engine_.WriteBuffered(&batch) : engine_.Write(&batch);
   if (!s.ok()) Fatal("group commit write", s);
   stats_.write_batches.fetch_add(1, std::memory_order_relaxed);
   stats_.write_nanos.fetch_add(
@@ -781,30 +928,44 @@ void RaftHost::RunPass(Inbox& inbox) {
       std::memory_order_relaxed);
   stats_.entries_applied.fetch_add(applied.size(), std::memory_order_relaxed);
 
-  for (auto& [g, rd] : readies) {
-    if (g->meta) {
+  for (Collected& c : readies) {
+    if (c.group->meta) {
       // Before any message leaves: the transport must know nodes this entry added.
-      if (metadata_listener_ && !rd.committed_entries.empty()) metadata_listener_(g->meta->state());
+      if (metadata_listener_ && c.applied > 0) metadata_listener_(c.group->meta->state());
       continue;
     }
-    g->sm->Flushed();
+    c.group->sm->Flushed();
   }
-  for (auto& [g, rd] : readies) {
-    stats_.messages_sent.fetch_add(rd.messages.size(), std::memory_order_relaxed);
-    for (raft::Message& m : rd.messages) {
+  for (Collected& c : readies) {
+    Group* g = c.group;
+    if (!c.rd.messages.empty()) ++g->unsent;
+    for (raft::Message& m : c.rd.messages) {
       if (m.type == raft::MessageType::kSnapshot) {
         std::shared_ptr<SnapshotSource> source = g->outgoing;
         if (source && m.snapshot && source->index == m.snapshot->metadata.index) {
-          transport_.SendSnapshot(g->id, std::move(m), std::move(source));
+          out.snapshots.emplace_back(g->id, std::move(m), std::move(source));
         }
         continue;
       }
-      transport_.Send(g->id, std::move(m));
+      out.messages.emplace_back(g->id, std::move(m));
     }
+    if (!c.rd.messages.empty()) out.senders.push_back(g->id);
     g->outgoing.reset();
   }
-  transport_.Flush();
+  out.seq = ++write_seq_;
+  outgoing_.push_back(std::move(out));
+  if (!pipelined) {
+    Release(write_seq_);
+  } else if (!sync_in_flight_) {
+    sync_in_flight_ = true;
+    {
+      std::lock_guard<std::mutex> l(sync_mu_);
+      sync_requested_ = write_seq_;
+    }
+    sync_cv_.notify_one();
+  }
 
+  // Every applied entry is durable here, so answers need not wait for this pass's fsync.
   for (Applied& a : applied) {
     auto it = a.group->pending.find(a.index);
     if (it == a.group->pending.end()) continue;
@@ -823,17 +984,18 @@ void RaftHost::RunPass(Inbox& inbox) {
   {
     std::lock_guard<std::mutex> l(watchers_mu_);
     if (!watchers_.empty()) {
-      for (auto& [g, rd] : readies) {
-        if (rd.committed_entries.empty() && !rd.soft_state) continue;
-        auto it = watchers_.find(g->id);
+      for (Collected& c : readies) {
+        if (c.applied == 0 && !c.rd.soft_state) continue;
+        auto it = watchers_.find(c.group->id);
         if (it == watchers_.end()) continue;
         for (auto& [wid, fn] : it->second) fn();
       }
     }
   }
-  for (auto& [g, rd] : readies) {
-    if (rd.soft_state && rd.soft_state->leader != g->last_leader) {
-      g->last_leader = rd.soft_state->leader;
+  for (Collected& c : readies) {
+    Group* g = c.group;
+    if (c.rd.soft_state && c.rd.soft_state->leader != g->last_leader) {
+      g->last_leader = c.rd.soft_state->leader;
       stats_.leader_changes.fetch_add(1, std::memory_order_relaxed);
     }
     bool leader = g->node->role() == raft::Role::kLeader;
@@ -842,8 +1004,41 @@ void RaftHost::RunPass(Inbox& inbox) {
       g->compaction_proposed = 0;
     }
     g->was_leader = leader;
-    g->node->Advance(rd);
+    if (c.has_ready) g->node->Advance(c.rd);
     if (leader) MaybeProposeCompaction(*g);
+  }
+}
+
+void RaftHost::Release(uint64_t synced) {
+  bool sent = false;
+  while (!outgoing_.empty() && outgoing_.front().seq <= synced) {
+    Outgoing& o = outgoing_.front();
+    for (const auto& [id, index] : o.written) {
+      auto it = groups_.find(id);
+      if (it != groups_.end()) it->second->durable = std::max(it->second->durable, index);
+    }
+    for (GroupId id : o.senders) {
+      auto it = groups_.find(id);
+      if (it != groups_.end()) --it->second->unsent;
+    }
+    stats_.messages_sent.fetch_add(o.messages.size() + o.snapshots.size(),
+                                   std::memory_order_relaxed);
+    for (auto& [id, m] : o.messages) transport_.Send(id, std::move(m));
+    for (auto& [id, m, source] : o.snapshots) {
+      transport_.SendSnapshot(id, std::move(m), std::move(source));
+    }
+    sent = sent || !o.messages.empty();
+    outgoing_.pop_front();
+  }
+  if (sent) transport_.Flush();
+  if (!outgoing_.empty() && engine_.syncs() && !sync_in_flight_) {
+    // Passes written while that fsync ran: one more fsync covers them all.
+    sync_in_flight_ = true;
+    {
+      std::lock_guard<std::mutex> l(sync_mu_);
+      sync_requested_ = write_seq_;
+    }
+    sync_cv_.notify_one();
   }
 }
 
@@ -935,7 +1130,8 @@ void RaftHost::TickQuiescence(int ticks) {
       }
       continue;
     }
-    bool idle = node.role() == raft::Role::kLeader && g.pending.empty() &&
+    bool idle = node.role() == raft::Role::kLeader && g.pending.empty() && g.stash.empty() &&
+                g.unsent == 0 &&
                 g.compaction_proposed == 0 && node.transferee() == raft::kNoNode &&
                 node.committed() == node.last_index() && node.applied() == node.committed() &&
                 !node.HasReady();

@@ -13,6 +13,14 @@
 // That order is the host contract of libs/raft/node.h: nothing leaves the node before the state
 // it depends on is durable, and only committed entries are applied.
 //
+// Pipelined fsync: with storage.sync on, step 3 writes the batch without waiting for the disk
+// and a syncer thread fsyncs the write-ahead log while the host goes on with the next pass; the
+// pass's messages wait in order until the fsync that covers them completes (one fsync covers
+// every pass written before it started). A committed entry is applied only once its own log
+// entry is durable on this node, so what readers see and what proposals are answered with never
+// depends on an unsynced write (this matters for single-replica groups, where an entry commits
+// as soon as it is appended). Passes thus overlap the disk instead of waiting for it.
+//
 // Quiescence: a group this node leads whose log is fully committed, applied and replicated to
 // every member, with nothing pending, is quiesced after a few idle ticks: its leader sends each
 // member one last heartbeat marked "quiesce" (Transport::SendQuiesce) and every replica stops
@@ -30,6 +38,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <optional>
 #include <string_view>
@@ -222,6 +231,11 @@ class RaftHost {
   // Proposes a PartitionCommand (serialized) on `group`; `done` runs on the host's thread once
   // the outcome is known. Thread-safe.
   void Propose(GroupId group, std::string command, ProposalCallback done);
+  // Proposes a PartitionCommand holding only `messages` publish messages (and
+  // proposed_at_unix_ms). Publish proposals reaching the host thread together are merged into
+  // one Raft entry (serialized commands concatenate into one whose messages are theirs in
+  // order); each `done` gets its own messages' results. Thread-safe.
+  void ProposePublish(GroupId group, std::string command, size_t messages, ProposalCallback done);
   // Runs `fn` on the host's thread soon (e.g. transport changes). Thread-safe.
   void RunTask(std::function<void()> fn);
   // Asks the group's leader (this node) to hand leadership to `to`. Thread-safe.
@@ -267,13 +281,28 @@ class RaftHost {
   };
   struct Inbox {
     std::vector<Inbound> messages;
-    std::vector<std::tuple<GroupId, std::string, ProposalCallback>> proposals;
+    // (group, command, callback, publish messages: 0 unless it is a mergeable publish)
+    std::vector<std::tuple<GroupId, std::string, ProposalCallback, size_t>> proposals;
     std::vector<std::function<void()>> tasks;
+    uint64_t synced = 0;  // the syncer finished the fsync covering passes up to this one
     bool stop = false;
+  };
+  // What a written pass sends once an fsync covers it.
+  struct Outgoing {
+    uint64_t seq = 0;
+    std::vector<std::pair<GroupId, raft::Message>> messages;
+    std::vector<std::tuple<GroupId, raft::Message, std::shared_ptr<SnapshotSource>>> snapshots;
+    // Last log index (or snapshot index) the pass wrote, per group.
+    std::vector<std::pair<GroupId, uint64_t>> written;
+    // Groups with messages in `messages` or `snapshots` (see Group::unsent).
+    std::vector<GroupId> senders;
   };
 
   void Run();
   void RunPass(Inbox& inbox);
+  // Sends what passes up to `synced` produced and marks their log entries durable.
+  void Release(uint64_t synced);
+  void RunSyncer();
   absl::StatusOr<std::unique_ptr<Group>> CreateGroup(GroupId id, uint32_t partition,
                                                      std::vector<raft::NodeId> initial_voters);
   absl::StatusOr<raft::Snapshot> SnapshotFor(Group& g);
@@ -306,6 +335,17 @@ class RaftHost {
   // When each peer was last heard from (HeardFrom).
   std::mutex heard_mu_;
   std::map<raft::NodeId, Clock::MonotonicTime> heard_ ABSL_GUARDED_BY(heard_mu_);
+
+  // Pipelined fsync (host thread): passes written and not yet released, oldest first.
+  std::deque<Outgoing> outgoing_;
+  uint64_t write_seq_ = 0;
+  bool sync_in_flight_ = false;
+  // The syncer thread.
+  std::mutex sync_mu_;
+  std::condition_variable sync_cv_;
+  uint64_t sync_requested_ ABSL_GUARDED_BY(sync_mu_) = 0;
+  bool sync_stop_ ABSL_GUARDED_BY(sync_mu_) = false;
+  std::thread syncer_;
 
   std::mutex mu_;
   std::condition_variable cv_;

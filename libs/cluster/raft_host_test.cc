@@ -285,6 +285,46 @@ TEST_F(RaftHostTest, HandOffLeadershipLeavesNoGroupLeaderless) {
   EXPECT_NE(next, leader);
 }
 
+TEST_F(RaftHostTest, PublishProposalsArrivingTogetherShareOneEntryAndKeepTheirOwnResults) {
+  StartNode(1, {1});
+  ASSERT_EQ(WaitForLeader(), 1u);
+  ASSERT_TRUE(ProposeAndWait(1, PublishCommand("t", "first", 3, 1)).status.ok());
+  const uint64_t last_before = nodes_[1].host->Status()[0].last_index;
+  // Hold the host's thread so that the three proposals reach it together.
+  std::promise<void> gate;
+  std::shared_future<void> open = gate.get_future().share();
+  nodes_[1].host->RunTask([open] { open.wait(); });
+  std::vector<std::promise<ProposalResult>> done(3);
+  uint64_t seq = 1;
+  for (size_t i = 0; i < 3; ++i) {
+    v1::PartitionCommand c;
+    c.set_proposed_at_unix_ms(1000);
+    for (size_t k = 0; k <= i; ++k) {
+      v1::Message* m = c.mutable_publish()->add_messages();
+      m->set_topic("t" + std::to_string(i));
+      m->set_payload("p" + std::to_string(i) + "." + std::to_string(k));
+      m->set_producer_id(3);
+      m->set_sequence(++seq);
+    }
+    nodes_[1].host->ProposePublish(kGroup, c.SerializeAsString(), i + 1,
+                                   [&done, i](ProposalResult r) { done[i].set_value(r); });
+  }
+  gate.set_value();
+  uint64_t offset = 1;
+  for (size_t i = 0; i < 3; ++i) {
+    auto f = done[i].get_future();
+    ASSERT_EQ(f.wait_for(10s), std::future_status::ready);
+    ProposalResult r = f.get();
+    ASSERT_TRUE(r.status.ok()) << r.status;
+    ASSERT_EQ(r.apply.publish.size(), i + 1) << "proposal " << i;
+    for (const v1::PublishResult& pr : r.apply.publish) EXPECT_EQ(pr.offset(), ++offset);
+  }
+  EXPECT_EQ(nodes_[1].host->Status()[0].last_index, last_before + 1)
+      << "the three proposals were not merged into one entry";
+  EXPECT_EQ(ReadAll(1),
+            (std::vector<std::string>{"first", "p0.0", "p1.0", "p1.1", "p2.0", "p2.1", "p2.2"}));
+}
+
 // Whether every running node reports its replica of kGroup quiesced, within `timeout`.
 bool WaitAllQuiesced(std::map<raft::NodeId, TestNode>& nodes, std::chrono::milliseconds timeout) {
   auto deadline = std::chrono::steady_clock::now() + timeout;
@@ -305,6 +345,8 @@ TEST_F(RaftHostTest, IdleGroupQuiescesAndWakesForAProposal) {
   for (raft::NodeId id : {1, 2, 3}) StartNode(id, {1, 2, 3});
   ASSERT_NE(PublishWithRetry("first", 7, 1), 0u);
   ASSERT_TRUE(WaitAllQuiesced(nodes_, 5s)) << "the idle group never quiesced on every replica";
+  // The followers' answers to the quiesce heartbeats may still be on their way.
+  std::this_thread::sleep_for(50ms);
   // Quiesced: 30 ticks pass without a single Raft message (node pings are not Raft messages).
   uint64_t before = net_.routed();
   std::this_thread::sleep_for(300ms);

@@ -117,6 +117,18 @@ absl::Status Engine::Write(rocksdb::WriteBatch* batch) {
   return FromRocks(db_->Write(write_options_, batch), "write batch");
 }
 
+absl::Status Engine::WriteBuffered(rocksdb::WriteBatch* batch) {
+  if (batch->Count() == 0) return absl::OkStatus();
+  rocksdb::WriteOptions o = write_options_;
+  o.sync = false;
+  return FromRocks(db_->Write(o, batch), "write batch");
+}
+
+absl::Status Engine::SyncWal() {
+  if (!options_.sync) return absl::OkStatus();
+  return FromRocks(db_->SyncWAL(), "sync write-ahead log");
+}
+
 absl::StatusOr<std::optional<std::string>> Engine::Get(Family f, std::string_view key) const {
   std::string value;
   rocksdb::Status s =

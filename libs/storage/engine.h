@@ -51,6 +51,14 @@ class Engine {
   // Applies `batch` atomically: after a crash either all of it is visible or none. With
   // options.sync it is durable (WAL fsynced) when this returns OK.
   absl::Status Write(rocksdb::WriteBatch* batch);
+  // Writes `batch` without waiting for the disk: it is readable at once, and durable after the
+  // next SyncWal() that starts after this returns (or a later synced Write). Thread-safe.
+  absl::Status WriteBuffered(rocksdb::WriteBatch* batch);
+  // Makes every write that returned before this call durable (fsyncs the write-ahead log); a
+  // no-op without options.sync. May run concurrently with writes. Thread-safe.
+  absl::Status SyncWal();
+  // Whether writes are made durable (options.sync).
+  bool syncs() const { return options_.sync; }
 
   absl::StatusOr<std::optional<std::string>> Get(Family f, std::string_view key) const;
   std::unique_ptr<rocksdb::Iterator> NewIterator(Family f,

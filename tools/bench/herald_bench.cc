@@ -2,11 +2,13 @@
 //
 //   herald-bench publish --servers=127.0.0.1:7070[,host:port...] --partitions=8
 //                        --publishers=50 --batch=1 --payload=100 --topics=100 --duration=10s
+//                        --warmup=1s
 //
 // `publish` runs N publisher threads, each sending Publish requests of `batch` messages (one
 // topic per request, topics spread over partitions) to the partition's leader (following
 // NOT_LEADER hints), and reports acknowledged messages per second and the latency from sending
-// a request to its acknowledgement (p50/p99/p999), with a progress line every second.
+// a request to its acknowledgement (p50/p99/p999), with a progress line every second. Requests
+// acknowledged during the warm-up are not counted.
 //
 //   herald-bench mqtt --host 127.0.0.1 --port 1883 --publishers 100 --subscribers 100
 //                     --topics 100 --qos 0 --size 100 --rate 0 --duration 10 --version 4
@@ -70,6 +72,7 @@ struct Options {
   int payload = 100;
   int topics = 100;
   absl::Duration duration = absl::Seconds(10);
+  absl::Duration warmup = absl::Seconds(1);
 };
 
 // Reads the flag at argv[*i] as `--key=value` or `--key value`, advancing *i past it.
@@ -122,6 +125,10 @@ bool ParseFlags(int argc, char** argv, Options* o) {
       double secs = 0;
       ok = ParseSeconds(v, &secs);
       o->duration = absl::Seconds(secs);
+    } else if (k == "warmup") {
+      double secs = 0;
+      ok = ParseSeconds(v, &secs);
+      o->warmup = absl::Seconds(secs);
     } else {
       ok = false;
     }
@@ -150,8 +157,14 @@ int RunPublish(const Options& o) {
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     channels.push_back(grpc::CreateCustomChannel(s, grpc::InsecureChannelCredentials(), args));
   }
-  std::atomic<uint64_t> acked{0}, errors{0};
-  std::atomic<bool> stop{false};
+  std::atomic<uint64_t> acked{0}, errors{0}, redirects{0};
+  std::atomic<bool> stop{false}, measuring{o.warmup <= absl::ZeroDuration()};
+  // Producer ids are fresh on every run: the core remembers (producer, sequence) pairs, and a
+  // run reusing an earlier run's ids would see its first sequences acknowledged as duplicates
+  // without being written.
+  std::random_device entropy;
+  const uint64_t run_seed = (static_cast<uint64_t>(entropy()) << 32) ^ entropy() ^
+                            static_cast<uint64_t>(Clock::now().time_since_epoch().count());
   Recorder rec;
   const std::string payload(static_cast<size_t>(o.payload), 'x');
   std::vector<std::thread> threads;
@@ -161,7 +174,7 @@ int RunPublish(const Options& o) {
       for (auto& c : channels) stubs.push_back(herald::v1::Broker::NewStub(c));
       std::map<uint32_t, size_t> leader;  // partition -> server index
       std::map<uint32_t, uint64_t> seq;
-      std::mt19937_64 rnd(t * 7919 + 1);
+      std::mt19937_64 rnd(run_seed + static_cast<uint64_t>(t) * 7919);
       const uint64_t producer = rnd() | 1;
       std::vector<uint32_t> lat;
       while (!stop.load(std::memory_order_relaxed)) {
@@ -185,13 +198,14 @@ int RunPublish(const Options& o) {
           herald::v1::PublishResponse resp;
           grpc::Status st = stubs[server]->Publish(&ctx, req, &resp);
           bool ok = st.ok();
+          bool redirected = false;
           if (ok) {
             for (const auto& r : resp.results()) {
               if (r.has_error() && r.error().code() != herald::v1::ERROR_CODE_DUPLICATE) {
                 ok = false;
                 uint64_t hint = r.error().leader_hint().node_id();
-                leader[p] =
-                    hint != 0 && hint <= stubs.size() ? hint - 1 : (server + 1) % stubs.size();
+                redirected = hint != 0 && hint <= stubs.size() && hint - 1 != server;
+                leader[p] = redirected ? hint - 1 : (server + 1) % stubs.size();
                 break;
               }
             }
@@ -199,10 +213,19 @@ int RunPublish(const Options& o) {
             leader[p] = (server + 1) % stubs.size();
           }
           if (ok) {
-            auto us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
-            for (int i = 0; i < o.batch; ++i) lat.push_back(static_cast<uint32_t>(us.count()));
-            acked.fetch_add(static_cast<uint64_t>(o.batch), std::memory_order_relaxed);
+            if (measuring.load(std::memory_order_relaxed)) {
+              auto us =
+                  std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
+              for (int i = 0; i < o.batch; ++i) lat.push_back(static_cast<uint32_t>(us.count()));
+              acked.fetch_add(static_cast<uint64_t>(o.batch), std::memory_order_relaxed);
+            }
             break;
+          }
+          // Sent to a follower that named the leader: go there at once. Anything else (no
+          // leader yet, overload, a node down) is retried after a pause.
+          if (redirected) {
+            redirects.fetch_add(1, std::memory_order_relaxed);
+            continue;
           }
           errors.fetch_add(1, std::memory_order_relaxed);
           std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -211,16 +234,22 @@ int RunPublish(const Options& o) {
       rec.Merge(lat);
     });
   }
+  if (o.warmup > absl::ZeroDuration()) {
+    std::this_thread::sleep_for(absl::ToChronoMilliseconds(o.warmup));
+    measuring = true;
+  }
   auto begin = Clock::now();
   auto end = begin + absl::ToChronoMilliseconds(o.duration);
   uint64_t last = 0;
   while (Clock::now() < end) {
     std::this_thread::sleep_for(std::chrono::seconds(1));
     uint64_t now = acked.load();
-    std::fprintf(stderr, "  %5.1fs  %8llu msg/s  (%llu acknowledged, %llu retries)\n",
+    std::fprintf(stderr,
+                 "  %5.1fs  %8llu msg/s  (%llu acknowledged, %llu retries, %llu redirects)\n",
                  std::chrono::duration<double>(Clock::now() - begin).count(),
                  static_cast<unsigned long long>(now - last), static_cast<unsigned long long>(now),
-                 static_cast<unsigned long long>(errors.load()));
+                 static_cast<unsigned long long>(errors.load()),
+                 static_cast<unsigned long long>(redirects.load()));
     last = now;
   }
   stop = true;
@@ -235,10 +264,12 @@ int RunPublish(const Options& o) {
   };
   std::printf(
       "publish: publishers=%d batch=%d payload=%dB servers=%zu  ->  %.0f msg/s acknowledged, "
-      "latency p50 %.2f ms, p99 %.2f ms, p999 %.2f ms (%llu msgs, %llu retries)\n",
+      "latency p50 %.2f ms, p99 %.2f ms, p999 %.2f ms (%llu msgs, %llu retries, %llu "
+      "redirects)\n",
       o.publishers, o.batch, o.payload, o.servers.size(), static_cast<double>(acked.load()) / secs,
       pct(0.5), pct(0.99), pct(0.999), static_cast<unsigned long long>(acked.load()),
-      static_cast<unsigned long long>(errors.load()));
+      static_cast<unsigned long long>(errors.load()),
+      static_cast<unsigned long long>(redirects.load()));
   return acked.load() > 0 ? 0 : 1;
 }
 
@@ -1114,7 +1145,7 @@ int main(int argc, char** argv) {
   std::fprintf(stderr,
                "usage: herald-bench publish [--servers=host:port,...] [--partitions=8] "
                "[--publishers=50] [--batch=1] [--payload=100] [--topics=100] "
-               "[--duration=10s]\n"
+               "[--duration=10s] [--warmup=1s]\n"
                "       herald-bench mqtt [--host 127.0.0.1] [--port 1883] [--publishers 1] "
                "[--subscribers 1] [--topics 1] [--qos 0|1|2] [--size 100] [--rate 0] "
                "[--duration 10] [--warmup 1] [--version 4|5] [--idle-connections 0] "
