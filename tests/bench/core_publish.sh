@@ -41,7 +41,7 @@ stop_cluster() {
 
 for n in 1 3; do
   start_cluster "$n"
-  for batch in 1 50; do
+  for batch in 1 10 50; do
     echo "== replication factor $n, batch $batch" >&2
     "$BIN/herald-bench" publish --servers="$SERVERS" --partitions=8 --publishers=50 \
       --batch=$batch --payload=100 --duration="$DURATION" | sed "s/^/RF=$n /"
