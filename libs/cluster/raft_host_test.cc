@@ -7,6 +7,7 @@
 #include <thread>
 
 #include "libs/cluster/local_transport.h"
+#include "libs/storage/keys.h"
 
 namespace herald::cluster {
 namespace {
@@ -323,6 +324,69 @@ TEST_F(RaftHostTest, PublishProposalsArrivingTogetherShareOneEntryAndKeepTheirOw
       << "the three proposals were not merged into one entry";
   EXPECT_EQ(ReadAll(1),
             (std::vector<std::string>{"first", "p0.0", "p1.0", "p1.1", "p2.0", "p2.1", "p2.2"}));
+}
+
+// The records of a streamed snapshot of kGroup (the transport's format), read from `engine`.
+std::vector<std::string> SnapshotRecords(storage::Engine& engine) {
+  std::vector<std::string> out;
+  const std::string prefix = GroupStatePrefix(kGroup);
+  auto it = engine.NewIterator(storage::Family::kPartition);
+  for (it->Seek(prefix); it->Valid() && it->key().starts_with(prefix); it->Next()) {
+    std::string r;
+    storage::PutU32(&r, static_cast<uint32_t>(it->key().size()));
+    r.append(it->key().data(), it->key().size());
+    storage::PutU32(&r, static_cast<uint32_t>(it->value().size()));
+    r.append(it->value().data(), it->value().size());
+    out.push_back(std::move(r));
+  }
+  return out;
+}
+
+TEST_F(RaftHostTest, SnapshotInstallCutShortByACrashIsDiscardedAndCanBeRedone) {
+  StartNode(1, {1});
+  ASSERT_EQ(WaitForLeader(), 1u);
+  for (uint64_t i = 1; i <= 20; ++i) {
+    ASSERT_TRUE(ProposeAndWait(1, PublishCommand("t", "m" + std::to_string(i), 4, i)).status.ok());
+  }
+  const GroupStatus leader = nodes_[1].host->Status()[0];
+  std::vector<std::string> records = SnapshotRecords(*nodes_[1].engine);
+  ASSERT_GT(records.size(), 20u);
+
+  // Node 9 holds an empty replica; an image of node 1's state starts arriving and the node dies
+  // half way (no FinishSnapshotInstall).
+  StartNode(9, {});
+  bool skip = true;
+  ASSERT_TRUE(nodes_[9].host->BeginSnapshotInstall(kGroup, leader.applied, &skip).ok());
+  EXPECT_FALSE(skip);
+  std::string half;
+  for (size_t i = 0; i < records.size() / 2; ++i) half += records[i];
+  ASSERT_TRUE(nodes_[9].host->WriteSnapshotRecords(kGroup, half).ok());
+  StopNode(9);
+
+  // On restart the partial image is gone: nothing half-installed is visible.
+  StartNode(9, {});
+  EXPECT_TRUE(ReadAll(9).empty()) << "a partial snapshot image survived the restart";
+  EXPECT_EQ(nodes_[9].host->Status()[0].applied, 0u);
+
+  // A later, complete transfer installs normally.
+  ASSERT_TRUE(nodes_[9].host->BeginSnapshotInstall(kGroup, leader.applied, &skip).ok());
+  std::string all;
+  for (const std::string& r : records) all += r;
+  ASSERT_TRUE(nodes_[9].host->WriteSnapshotRecords(kGroup, all).ok());
+  auto snap = std::make_shared<raft::Snapshot>();
+  snap->metadata.index = leader.applied;
+  snap->metadata.term = leader.term;
+  snap->metadata.conf_state.voters = {1};
+  snap->metadata.conf_state.learners = {9};
+  raft::Message m;
+  m.type = raft::MessageType::kSnapshot;
+  m.from = 1;
+  m.to = 9;
+  m.term = leader.term;
+  m.snapshot = snap;
+  ASSERT_TRUE(nodes_[9].host->FinishSnapshotInstall(kGroup, m, /*data_written=*/true).ok());
+  EXPECT_EQ(ReadAll(9), ReadAll(1));
+  EXPECT_EQ(nodes_[9].host->Status()[0].applied, leader.applied);
 }
 
 // Whether every running node reports its replica of kGroup quiesced, within `timeout`.
