@@ -4,6 +4,8 @@
 // with --cluster.join (replicas moved onto it as learners then voters, leadership balanced onto
 // it). Afterwards every acknowledged message must be read back exactly once, in per-topic order,
 // from the partition leaders and from node 6's own database (received by snapshot and log).
+// HERALD_CLUSTER_LONG=1 runs a longer variant: at least 30,000 messages instead of 3,000, so
+// publishing goes on well after the membership has settled and the logs are compacted.
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 #include <signal.h>
@@ -37,7 +39,7 @@ using SteadyClock = std::chrono::steady_clock;
 
 constexpr uint32_t kPartitions = 8;
 constexpr int kTopics = 16;
-constexpr int kMinMessages = 3000;
+int MinMessages() { return std::getenv("HERALD_CLUSTER_LONG") != nullptr ? 30000 : 3000; }
 // Node 5 is drained and removed; node 6 joins through node 1.
 constexpr uint64_t kRemoved = 5;
 constexpr uint64_t kJoined = 6;
@@ -399,15 +401,16 @@ TEST(MembershipProcessTest, NodeDrainsAndNodeJoinsWhilePublishing) {
   EXPECT_EQ(v.Node(kJoined), nullptr) << v.Describe();
   PrintDistribution("initial distribution", v);
 
-  // 3. Publishing in the background until told to stop (and at least kMinMessages).
+  // 3. Publishing in the background until told to stop (and at least MinMessages()).
   Publisher pub(nodes);
   std::mutex mu;
   std::vector<Acked> acked;  // guarded by mu
   std::string pub_error;     // guarded by mu
   std::atomic<size_t> acked_count{0};
   std::atomic<bool> stop{false}, quit{false}, finished{false};
+  const int min_messages = MinMessages();
   auto publish = [&] {
-    for (int i = 0; !quit && !(stop && i >= kMinMessages);) {
+    for (int i = 0; !quit && !(stop && i >= min_messages);) {
       std::map<uint32_t, std::vector<v1::Message>> parts;
       for (int k = 0; k < kTopics; ++k, ++i) {
         v1::Message m;
@@ -526,7 +529,7 @@ TEST(MembershipProcessTest, NodeDrainsAndNodeJoinsWhilePublishing) {
       << "a partition lost its leader after node 5 stopped\n"
       << v.Describe();
 
-  // 5. Stop publishing (after at least kMinMessages); every acknowledged message is in its
+  // 5. Stop publishing (after at least MinMessages()); every acknowledged message is in its
   // partition exactly once, in per-topic order.
   stop = true;
   auto publisher_finished = [&] { return finished.load(); };
@@ -541,7 +544,7 @@ TEST(MembershipProcessTest, NodeDrainsAndNodeJoinsWhilePublishing) {
   }
   std::printf("published: %zu messages acknowledged in %lld ms\n", all_acked.size(),
               MsSince(t_start));
-  ASSERT_GE(all_acked.size(), static_cast<size_t>(kMinMessages));
+  ASSERT_GE(all_acked.size(), static_cast<size_t>(min_messages));
 
   // Give followers a moment to have every committed entry before the replicas are read.
   WaitUntil(nodes, 10s, [&] {
