@@ -261,6 +261,11 @@ void RaftHost::RemoveGroup(GroupId group) {
     if (absl::Status s = engine_.Write(&batch); !s.ok()) Fatal("removing a replica", s);
     spdlog::info("raft group {} (partition {}): replica removed from this node", group,
                  g.partition);
+    // A later replica of the group must not inherit this one's pending durability marks.
+    for (Outgoing& o : outgoing_) {
+      std::erase_if(o.written, [group](const auto& w) { return w.first == group; });
+      std::erase(o.senders, group);
+    }
     groups_.erase(it);
   });
   cv_.notify_one();
@@ -338,7 +343,9 @@ absl::Status RaftHost::BeginSnapshotInstall(GroupId group, uint64_t index, bool*
       it = groups_.emplace(group, std::move(*g)).first;
     }
     Group& g = *it->second;
-    if (!g.installing && g.applied() >= index) {
+    // Raft ignores a snapshot at or below its commit index; committed entries still waiting
+    // for their fsync (the stash) are applied later, so the image must not replace them.
+    if (!g.installing && (g.applied() >= index || g.node->committed() >= index)) {
       *skip_data = true;
       return absl::OkStatus();
     }
@@ -429,6 +436,7 @@ absl::Status RaftHost::Start() {
   {
     std::lock_guard<std::mutex> sl(sync_mu_);
     sync_stop_ = false;
+    sync_requested_ = 0;
   }
   syncer_ = std::thread([this] { RunSyncer(); });
   thread_ = std::thread([this] { Run(); });
@@ -475,8 +483,10 @@ void RaftHost::Stop() {
   }
   sync_cv_.notify_one();
   syncer_.join();
+  // Held messages are dropped (as a network may drop them); a restarted host starts clean.
   outgoing_.clear();
   sync_in_flight_ = false;
+  for (auto& [id, g] : groups_) g->unsent = 0;
   std::lock_guard<std::mutex> l(mu_);
   running_ = false;
   // Proposals that never reached the thread.
@@ -493,6 +503,14 @@ void RaftHost::Deliver(GroupId group, raft::Message message, bool quiesce) {
     inbox_.messages.push_back(Inbound{group, std::move(message), quiesce});
   }
   cv_.notify_one();
+}
+
+bool RaftHost::PeerAlive(raft::NodeId node) {
+  if (node == options_.node_id) return true;
+  auto now = clock_.Now();
+  std::lock_guard<std::mutex> l(heard_mu_);
+  auto it = heard_.find(node);
+  return it != heard_.end() && now - it->second < options_.tick * options_.election_ticks;
 }
 
 void RaftHost::HeardFrom(raft::NodeId node) {
@@ -727,14 +745,23 @@ void RaftHost::RunPass(Inbox& inbox) {
     const raft::MessageType type = in.message.type;
     const raft::NodeId from = in.message.from;
     const uint64_t term = in.message.term;
+    if (g.quiesced && !in.quiesce && type != raft::MessageType::kHeartbeatResp) {
+      Wake(g);
+      // Woken by someone else (a vote request, most likely) while the leader's node is silent:
+      // let the lease run out now, as TickQuiescence would have, so that this replica can
+      // grant the vote instead of waiting a whole election timeout first.
+      const raft::NodeId leader = g.node->leader();
+      if (g.node->role() != raft::Role::kLeader && leader != raft::kNoNode && leader != from &&
+          !PeerAlive(leader)) {
+        for (int i = 0; i + 1 < options_.election_ticks; ++i) g.node->Tick();
+      }
+    }
     g.node->Step(std::move(in.message)).IgnoreError();
     if (in.quiesce) {
       // The leader's last heartbeat before it goes quiet: stop ticking, unless it is not (or
       // no longer) this replica's leader in this term.
       g.quiesced = g.node->role() != raft::Role::kLeader && g.node->leader() == from &&
                    g.node->term() == term;
-    } else if (g.quiesced && type != raft::MessageType::kHeartbeatResp) {
-      Wake(g);
     }
   }
   for (auto& task : inbox.tasks) task();
@@ -823,6 +850,9 @@ void RaftHost::RunPass(Inbox& inbox) {
   std::vector<Applied> applied;
   rocksdb::WriteBatch batch;
   Outgoing out;
+  // Pipelined fsync (raft_host.h): with syncing on, the write returns before the disk has it;
+  // the syncer makes it durable and Release() then sends what depends on it.
+  const bool pipelined = engine_.syncs();
   for (auto& [id, gp] : groups_) {
     Group& g = *gp;
     const bool has_ready = g.node->HasReady();
@@ -847,23 +877,34 @@ void RaftHost::RunPass(Inbox& inbox) {
                             m.type != raft::MessageType::kHeartbeatResp);
       }
       if (active) Wake(g);
+      // What this pass writes replaces the log from `keep` + 1 on (a snapshot, a follower's
+      // conflicting suffix, or plain appends): nothing above `keep` is durable until this
+      // pass's fsync, whatever earlier passes wrote there.
       uint64_t written = 0;
-      if (!rd.snapshot.IsEmpty()) written = rd.snapshot.metadata.index;
+      uint64_t keep = UINT64_MAX;
+      if (!rd.snapshot.IsEmpty()) {
+        written = rd.snapshot.metadata.index;
+        keep = written;
+      }
       if (!rd.entries.empty()) {
-        const uint64_t first = rd.entries.front().index;
-        if (first <= g.durable) {
-          // A follower replacing a conflicting suffix: the new entries are not durable yet,
-          // and neither are they in the passes still waiting for their fsync.
-          g.durable = first - 1;
-          for (Outgoing& o : outgoing_) {
-            for (auto& [wg, wi] : o.written) {
-              if (wg == id) wi = std::min(wi, first - 1);
-            }
-          }
-        }
+        keep = std::min(keep, rd.entries.front().index - 1);
         written = rd.entries.back().index;
       }
-      if (written != 0) out.written.emplace_back(id, written);
+      if (keep != UINT64_MAX) {
+        g.durable = std::min(g.durable, keep);
+        for (Outgoing& o : outgoing_) {
+          for (auto& [wg, wi] : o.written) {
+            if (wg == id) wi = std::min(wi, keep);
+          }
+        }
+      }
+      if (written != 0) {
+        if (pipelined) {
+          out.written.emplace_back(id, written);
+        } else {
+          g.durable = std::max(g.durable, written);  // written in this pass's synchronous batch
+        }
+      }
       if (!rd.committed_entries.empty()) {
         // The entries move to the stash; Advance() only needs the last one's position.
         raft::Entry last;
@@ -914,9 +955,6 @@ void RaftHost::RunPass(Inbox& inbox) {
   }
   stats_.passes.fetch_add(1, std::memory_order_relaxed);
   if (readies.empty()) return;
-  // Pipelined fsync (raft_host.h): the write returns before the disk has it when syncing is on;
-  // the syncer makes it durable and Release() then sends what depends on it.
-  const bool pipelined = engine_.syncs();
   auto write_start = std::chrono::steady_clock::now();
   absl::Status s = pipelined ? engine_.WriteBuffered(&batch) : engine_.Write(&batch);
   if (!s.ok()) Fatal("group commit write", s);
@@ -1097,18 +1135,7 @@ void RaftHost::Quiesce(Group& g) {
 void RaftHost::TickQuiescence(int ticks) {
   // A leader quiesces after this many idle ticks in a row.
   constexpr int kIdleTicksBeforeQuiesce = 3;
-  const auto now = clock_.Now();
-  const auto timeout = options_.tick * options_.election_ticks;
-  std::map<raft::NodeId, Clock::MonotonicTime> heard;
-  {
-    std::lock_guard<std::mutex> l(heard_mu_);
-    heard = heard_;
-  }
-  auto alive = [&](raft::NodeId n) {
-    if (n == options_.node_id) return true;
-    auto it = heard.find(n);
-    return it != heard.end() && now - it->second < timeout;
-  };
+  auto alive = [this](raft::NodeId n) { return PeerAlive(n); };
   bool sent = false;
   for (auto& [id, gp] : groups_) {
     Group& g = *gp;

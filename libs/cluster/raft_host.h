@@ -315,6 +315,8 @@ class RaftHost {
   // Quiescence (host thread, once per tick): wakes quiesced groups that lost a member, and
   // quiesces idle groups this node leads.
   void TickQuiescence(int ticks);
+  // Whether `node` was heard from within an election timeout (always true for this node).
+  bool PeerAlive(raft::NodeId node);
   void Quiesce(Group& g);
   void Wake(Group& g);
   static GroupStatus StatusOf(const Group& g);
