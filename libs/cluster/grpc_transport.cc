@@ -375,22 +375,22 @@ grpc::Status RaftTransportService::Stream(
     const v1::RaftBatch& batch = frame.batch();
     if (heard_) heard_(from);
     // raft.proto: heartbeats, then heartbeat responses, then messages.
-    for (const v1::GroupHeartbeat& hb : batch.heartbeats()) {
+    // A coalesced entry carries everything its message had (see GrpcRaftTransport::Send).
+    auto expand = [&](raft::MessageType type, uint64_t term, uint64_t commit) {
       raft::Message m;
-      m.type = raft::MessageType::kHeartbeat;
+      m.type = type;
       m.from = from;
       m.to = self_;
-      m.term = hb.term();
-      m.commit = hb.commit();
-      deliver_(hb.group_id(), std::move(m), hb.quiesce());
+      m.term = term;
+      m.commit = commit;
+      return m;
+    };
+    for (const v1::GroupHeartbeat& hb : batch.heartbeats()) {
+      deliver_(hb.group_id(), expand(raft::MessageType::kHeartbeat, hb.term(), hb.commit()),
+               hb.quiesce());
     }
     for (const v1::GroupHeartbeatResponse& r : batch.heartbeat_responses()) {
-      raft::Message m;
-      m.type = raft::MessageType::kHeartbeatResp;
-      m.from = from;
-      m.to = self_;
-      m.term = r.term();
-      deliver_(r.group_id(), std::move(m), false);
+      deliver_(r.group_id(), expand(raft::MessageType::kHeartbeatResp, r.term(), 0), false);
     }
     for (const v1::GroupMessage& gm : batch.messages()) {
       auto m = FromProto(gm.message());

@@ -142,6 +142,10 @@ class RaftHostTest : public ::testing::Test {
     return false;
   }
 
+  // Three replicas with one message ("before") from `producer`, then idle until every replica
+  // is quiesced. Returns the leader, or 0 (with the failure recorded).
+  raft::NodeId StartQuiescedTrio(uint64_t producer);
+
   std::string root_;
   LocalNetwork net_;
   std::map<raft::NodeId, TestNode> nodes_;
@@ -405,6 +409,16 @@ bool WaitAllQuiesced(std::map<raft::NodeId, TestNode>& nodes, std::chrono::milli
   return false;
 }
 
+raft::NodeId RaftHostTest::StartQuiescedTrio(uint64_t producer) {
+  for (raft::NodeId id : {1, 2, 3}) StartNode(id, {1, 2, 3});
+  if (PublishWithRetry("before", producer, 1) == 0) return 0;
+  if (!WaitAllQuiesced(nodes_, 5s)) {
+    ADD_FAILURE() << "the idle group never quiesced on every replica";
+    return 0;
+  }
+  return WaitForLeader();
+}
+
 TEST_F(RaftHostTest, IdleGroupQuiescesAndWakesForAProposal) {
   for (raft::NodeId id : {1, 2, 3}) StartNode(id, {1, 2, 3});
   ASSERT_NE(PublishWithRetry("first", 7, 1), 0u);
@@ -431,10 +445,7 @@ TEST_F(RaftHostTest, IdleGroupQuiescesAndWakesForAProposal) {
 }
 
 TEST_F(RaftHostTest, QuiescedFollowersElectANewLeaderWhenTheLeaderFallsSilent) {
-  for (raft::NodeId id : {1, 2, 3}) StartNode(id, {1, 2, 3});
-  ASSERT_NE(PublishWithRetry("before", 8, 1), 0u);
-  ASSERT_TRUE(WaitAllQuiesced(nodes_, 5s));
-  raft::NodeId old_leader = WaitForLeader();
+  raft::NodeId old_leader = StartQuiescedTrio(8);
   ASSERT_NE(old_leader, 0u);
   auto t0 = std::chrono::steady_clock::now();
   StopNode(old_leader);  // no more messages, no more node pings
@@ -457,10 +468,7 @@ TEST_F(RaftHostTest, QuiescedFollowersElectANewLeaderWhenTheLeaderFallsSilent) {
 }
 
 TEST_F(RaftHostTest, QuiescedLeaderCutOffStepsDownAndRejoins) {
-  for (raft::NodeId id : {1, 2, 3}) StartNode(id, {1, 2, 3});
-  ASSERT_NE(PublishWithRetry("before", 9, 1), 0u);
-  ASSERT_TRUE(WaitAllQuiesced(nodes_, 5s));
-  raft::NodeId old_leader = WaitForLeader();
+  raft::NodeId old_leader = StartQuiescedTrio(9);
   ASSERT_NE(old_leader, 0u);
   net_.CutOff(old_leader, true);
   // The isolated leader wakes (it no longer hears its followers) and, without a quorum, steps
