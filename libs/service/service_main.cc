@@ -134,7 +134,9 @@ int ServiceMain(int argc, char** argv, char** envp, const ServiceSpec& spec) {
     spdlog::info("{} event loops", loops.size());
     if (spec.start) {
       s = spec.start(ctx);
-      started_service = s.ok();
+      // Even a start that failed half way may have started parts (servers posting to the
+      // event loops): they are stopped below, while the loops still run.
+      started_service = true;
     }
   }
   if (s.ok()) {

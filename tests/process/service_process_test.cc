@@ -149,6 +149,25 @@ TEST_F(ServiceProcessTest, AdminPortInUseIsAClearStartupError) {
   EXPECT_EQ(first.Wait(5s), 0);
 }
 
+TEST_F(ServiceProcessTest, StartFailingHalfWayStopsWhatStartedAndExitsCleanly) {
+  Process first("herald", {"--admin.listen=127.0.0.1:0", "--core.listen=127.0.0.1:0",
+                           "--mqtt.listen=127.0.0.1:0", "--http.listen=127.0.0.1:0",
+                           "--data_dir=" + dir_ + "/a"});
+  std::string http = first.WaitForLine(R"(http listening on (127\.0\.0\.1:\d+))");
+  ASSERT_FALSE(http.empty()) << first.log();
+  // The second process starts its core and its MQTT listener, then fails on the HTTP port:
+  // what it started must be stopped while its event loops still run (no crash, exit 1).
+  Process second("herald", {"--admin.listen=127.0.0.1:0", "--core.listen=127.0.0.1:0",
+                            "--mqtt.listen=127.0.0.1:0", "--http.listen=" + http,
+                            "--data_dir=" + dir_ + "/b"});
+  EXPECT_EQ(second.Wait(10s), 1) << second.log();
+  EXPECT_NE(second.log().find("address already in use"), std::string::npos) << second.log();
+  EXPECT_NE(second.log().find("mqtt listening on"), std::string::npos)
+      << "the failure came before the MQTT listener started: " << second.log();
+  first.Signal(SIGTERM);
+  EXPECT_EQ(first.Wait(5s), 0);
+}
+
 TEST_F(ServiceProcessTest, CoreAndEdgeStartServeAndStop) {
   for (const char* bin : {"herald-core", "herald-edge"}) {
     std::vector<std::string> args = {"--admin.listen=127.0.0.1:0"};

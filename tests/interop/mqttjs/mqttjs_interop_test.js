@@ -21,7 +21,6 @@ const assert = require('node:assert/strict');
 const { spawn, spawnSync } = require('node:child_process');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
-const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 const readline = require('node:readline');
@@ -67,17 +66,6 @@ const mqtt = loadMqtt();
 // ---------------------------------------------------------------------------------------------
 // Herald processes.
 
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
-    });
-  });
-}
-
 const running = new Set();
 process.on('exit', () => {
   for (const h of running) h.proc.kill('SIGKILL');
@@ -88,12 +76,14 @@ class Herald {
     const h = new Herald();
     h.name = name;
     h.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'herald-mqttjs-'));
-    h.mqttPort = await freePort();
-    h.httpPort = await freePort();
+    // Ports 0: herald picks free ones and logs them (a port picked here and released could be
+    // taken by herald's own core listener before the MQTT or HTTP listener binds it).
+    h.mqttPort = 0;
+    h.httpPort = 0;
     h.logTail = [];
     const args = [`--data_dir=${h.dir}`, '--admin.listen=127.0.0.1:0', '--core.listen=127.0.0.1:0',
-                  `--http.listen=127.0.0.1:${h.httpPort}`,
-                  `--mqtt.listen=127.0.0.1:${h.mqttPort}`, '--storage.sync=false', ...extraArgs];
+                  '--http.listen=127.0.0.1:0', '--mqtt.listen=127.0.0.1:0',
+                  '--storage.sync=false', ...extraArgs];
     const herald = path.join(binDir, 'herald');
     // With setpriv, herald gets SIGKILL when this process dies (a ctest timeout included).
     const setpriv = '/usr/bin/setpriv';
@@ -132,9 +122,17 @@ class Herald {
         h.logTail.push(line);
         if (h.logTail.length > 200) h.logTail.shift();
         if (process.env.MQTTJS_TEST_HERALD_LOG) process.stderr.write(`[${name}] ${line}\n`);
+        const mqttLine = line.match(/mqtt listening on 127\.0\.0\.1:(\d+)/);
+        if (mqttLine) h.mqttPort = Number(mqttLine[1]);
+        const httpLine = line.match(/http listening on 127\.0\.0\.1:(\d+)/);
+        if (httpLine) h.httpPort = Number(httpLine[1]);
         if (line.trimEnd().endsWith('herald ready')) {
           clearTimeout(timer);
-          resolve();
+          if (h.mqttPort === 0 || h.httpPort === 0) {
+            reject(new Error(`${name}: no "mqtt/http listening on" line:\n${h.logTail.join('\n')}`));
+          } else {
+            resolve();
+          }
         }
       });
     });
