@@ -11,6 +11,7 @@ Prints a table "case | expected | observed | ok" and "N passed, N failed".
 usage: mqtt_bad_input_test.py BIN_DIR
 """
 import os
+import re
 import shutil
 import signal
 import socket
@@ -45,14 +46,6 @@ def _die_with_parent():
 
 def _exit_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)  # runs the finally blocks that stop the processes
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 # ---- packet builders ----
@@ -450,13 +443,15 @@ class IdleProbe:
 class Herald:
     def __init__(self, bin_dir):
         self.dir = tempfile.mkdtemp(prefix="herald-badinput-")
-        self.mqtt_port = free_port()
+        # Port 0 everywhere: herald logs the ports it got (a port picked here and released could
+        # be taken by herald's own core listener first).
+        self.mqtt_port = 0
         self.proc = subprocess.Popen(
             [os.path.join(bin_dir, "herald"), "--data_dir=" + self.dir,
              "--admin.listen=127.0.0.1:0", "--core.listen=127.0.0.1:0",
              "--http.listen=127.0.0.1:0",
              "--mqtt.max_packet_size=1KiB", "--storage.sync=false",
-             "--mqtt.listen=127.0.0.1:%d" % self.mqtt_port],
+             "--mqtt.listen=127.0.0.1:0"],
             stderr=subprocess.PIPE, text=True,
             preexec_fn=_die_with_parent)
         self.log = []
@@ -466,7 +461,10 @@ class Herald:
             if not line:
                 break
             self.log.append(line)
-            if line.rstrip().endswith("herald ready"):
+            m = re.search(r"mqtt listening on 127\.0\.0\.1:(\d+)", line)
+            if m:
+                self.mqtt_port = int(m.group(1))
+            if line.rstrip().endswith("herald ready") and self.mqtt_port:
                 threading.Thread(target=self._drain, daemon=True).start()
                 return
         self.stop()

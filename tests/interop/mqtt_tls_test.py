@@ -11,6 +11,7 @@ Prints "N passed, N failed".
 usage: mqtt_tls_test.py BIN_DIR
 """
 import os
+import re
 import shutil
 import socket
 import ssl
@@ -21,14 +22,6 @@ import threading
 import time
 
 import paho.mqtt.client as mqtt
-
-
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def run(*args):
@@ -54,14 +47,15 @@ def make_certs(d):
 class Herald:
     def __init__(self, bin_dir, d):
         self.dir = d
-        self.tcp_port = free_port()
-        self.tls_port = free_port()
+        # Port 0 everywhere: herald logs the ports it got (a port picked here and released could
+        # be taken by herald's own core listener first).
+        self.tcp_port = 0
+        self.tls_port = 0
         self.proc = subprocess.Popen(
             [os.path.join(bin_dir, "herald"), "--data_dir=" + os.path.join(d, "data"),
              "--admin.listen=127.0.0.1:0", "--core.listen=127.0.0.1:0",
              "--http.listen=127.0.0.1:0", "--storage.sync=false",
-             "--mqtt.listen=127.0.0.1:%d" % self.tcp_port,
-             "--mqtt.tls_listen=127.0.0.1:%d" % self.tls_port,
+             "--mqtt.listen=127.0.0.1:0", "--mqtt.tls_listen=127.0.0.1:0",
              "--tls.cert_file=" + os.path.join(d, "server.pem"),
              "--tls.key_file=" + os.path.join(d, "server.key")],
             stderr=subprocess.PIPE, text=True)
@@ -70,7 +64,13 @@ class Herald:
             line = self.proc.stderr.readline()
             if not line:
                 break
-            if line.rstrip().endswith("herald ready"):
+            m = re.search(r"mqtt listening on 127\.0\.0\.1:(\d+)", line)
+            if m:
+                self.tcp_port = int(m.group(1))
+            m = re.search(r"mqtt \(TLS\) listening on 127\.0\.0\.1:(\d+)", line)
+            if m:
+                self.tls_port = int(m.group(1))
+            if line.rstrip().endswith("herald ready") and self.tcp_port and self.tls_port:
                 threading.Thread(target=lambda: [None for _ in self.proc.stderr],
                                  daemon=True).start()
                 return

@@ -12,7 +12,6 @@ import os
 import queue
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,30 +23,26 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 class Herald:
     def __init__(self, bin_dir):
         self.dir = tempfile.mkdtemp(prefix="herald-paho-")
-        self.mqtt_port = free_port()
+        # Port 0 everywhere: herald logs the ports it got (a port picked here and released could
+        # be taken by herald's own core listener first).
+        self.mqtt_port = 0
         self.proc = subprocess.Popen(
             [os.path.join(bin_dir, "herald"), "--data_dir=" + self.dir,
              "--admin.listen=127.0.0.1:0", "--core.listen=127.0.0.1:0",
-             "--http.listen=127.0.0.1:0",
-             "--mqtt.listen=127.0.0.1:%d" % self.mqtt_port],
+             "--http.listen=127.0.0.1:0", "--mqtt.listen=127.0.0.1:0"],
             stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 30
         while time.time() < deadline:
             line = self.proc.stderr.readline()
             if not line:
                 break
-            if line.rstrip().endswith("herald ready"):
+            m = re.search(r"mqtt listening on 127\.0\.0\.1:(\d+)", line)
+            if m:
+                self.mqtt_port = int(m.group(1))
+            if line.rstrip().endswith("herald ready") and self.mqtt_port:
                 threading.Thread(target=self._drain, daemon=True).start()
                 return
         raise RuntimeError("herald did not become ready")
