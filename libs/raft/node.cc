@@ -138,6 +138,8 @@ void Node::BecomeLeader() {
   role_ = Role::kLeader;
   SyncProgressWithConf();
   for (Progress& pr : progress_) pr.recent_active = true;
+  // With self_ack_on_persist too: the entries a candidate had when it asked for votes were
+  // durable before its vote requests left (host contract), and it appended none since.
   self_match_ = log_.LastIndex();
   // Raft §8: a new leader commits a no-op of its term; until it does it knows neither the commit
   // index (no ReadIndex) nor is it allowed to change membership.
@@ -674,9 +676,17 @@ void Node::AppendLeaderEntry(Entry e) {
   const uint64_t index = e.index;
   if (e.type == EntryType::kConfChange) OnConfEntryAppended(index, e.data);
   log_.AppendOne(std::move(e));
-  self_match_ = index;
+  if (!config_.self_ack_on_persist) self_match_ = index;
   pending_broadcast_ = true;
   MaybeCommit();
+}
+
+void Node::LocalPersisted(uint64_t index) {
+  if (!config_.self_ack_on_persist || role_ != Role::kLeader) return;
+  index = std::min(index, log_.LastIndex());
+  if (index <= self_match_) return;
+  self_match_ = index;
+  if (MaybeCommit()) BroadcastAppend();
 }
 
 absl::Status Node::Propose(std::string data) {

@@ -97,6 +97,13 @@ struct Config {
   // Upper bound on bytes of committed entries in one Ready.
   uint64_t max_committed_size_per_ready = kNoLimit;
 
+  // The leader counts its own log entries toward commitment only once the host reports them
+  // durable (LocalPersisted), instead of as soon as they are appended. The host may then send
+  // the leader's kAppend and kHeartbeat messages before its own write is durable, so the
+  // leader's disk write overlaps replication (dissertation §10.2.1). Other messages (votes,
+  // responses) must still wait for durability.
+  bool self_ack_on_persist = false;
+
   bool pre_vote = true;      // dissertation §9.6
   bool check_quorum = true;  // dissertation §6.2: leader steps down without a live quorum
 
@@ -156,6 +163,9 @@ class Node {
   // Unavailable when no leader is known. Requests in flight are lost if leadership changes;
   // hosts retry on timeout.
   absl::Status ReadIndex(std::string context);
+
+  // With Config::self_ack_on_persist: the host made this node's log durable up to `index`.
+  void LocalPersisted(uint64_t index);
 
   // Whether there is output to collect. False while a Ready is outstanding (between GetReady and
   // Advance).
