@@ -27,6 +27,26 @@ TEST(NodeTest, SingleVoterElectsItselfAndCommitsImmediately) {
   EXPECT_EQ(t.applied.back().data, "a");
 }
 
+// Dissertation §10.2.1: with self_ack_on_persist the leader counts its own entry only once the
+// host reports it durable, so its appends may leave before its own write.
+TEST(NodeTest, LeaderCountsItselfOnlyOnceItsEntryIsDurable) {
+  TestNode t = MakeNode(1, {1}, {}, [](Config& c) { c.self_ack_on_persist = true; });
+  for (int i = 0; i < 20 && t.node->role() != Role::kLeader; ++i) t.node->Tick();
+  ASSERT_EQ(t.node->role(), Role::kLeader);
+  t.node->LocalPersisted(t.node->last_index());  // the leader's no-op
+  t.Process();
+  ASSERT_TRUE(t.node->Propose("a").ok());
+  t.Process();  // appended and written, but not reported durable
+  const uint64_t index = t.node->last_index();
+  EXPECT_LT(t.node->committed(), index) << "committed before the leader's own write was durable";
+  EXPECT_TRUE(t.applied.empty() || t.applied.back().data != "a");
+  t.node->LocalPersisted(index);
+  EXPECT_EQ(t.node->committed(), index);
+  t.Process();
+  ASSERT_FALSE(t.applied.empty());
+  EXPECT_EQ(t.applied.back().data, "a");
+}
+
 TEST(NodeTest, ProposeOnFollowerIsRefused) {
   Cluster c(3);
   c.Elect(1);
