@@ -10,17 +10,14 @@ Prints a table "case | expected | observed | ok" and "N passed, N failed".
 
 usage: mqtt_bad_input_test.py BIN_DIR
 """
-import os
-import re
-import shutil
 import signal
 import socket
 import struct
-import subprocess
 import sys
-import tempfile
 import threading
 import time
+
+from herald_process import Herald
 
 V311 = 4
 V5 = 5
@@ -34,14 +31,6 @@ TYPE_NAMES = {1: "CONNECT", 2: "CONNACK", 3: "PUBLISH", 4: "PUBACK", 5: "PUBREC"
 
 MAX_PACKET_SIZE = 1024
 CONNECT_TIMEOUT_S = 10  # libs/edge/mqtt_server.h MqttServerOptions::connect_timeout, no option
-
-
-def _die_with_parent():
-    """preexec_fn: the child gets SIGKILL when this test process dies, even by SIGKILL (ctest
-    timeout), so no herald process outlives the test."""
-    import ctypes
-    PR_SET_PDEATHSIG = 1
-    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _exit_on_sigterm(signum, frame):
@@ -440,55 +429,11 @@ class IdleProbe:
         return ("close (no packet) after ~%ds" % CONNECT_TIMEOUT_S), fmt(seen, state, secs), ok
 
 
-class Herald:
-    def __init__(self, bin_dir):
-        self.dir = tempfile.mkdtemp(prefix="herald-badinput-")
-        # Port 0 everywhere: herald logs the ports it got (a port picked here and released could
-        # be taken by herald's own core listener first).
-        self.mqtt_port = 0
-        self.proc = subprocess.Popen(
-            [os.path.join(bin_dir, "herald"), "--data_dir=" + self.dir,
-             "--admin.listen=127.0.0.1:0", "--core.listen=127.0.0.1:0",
-             "--http.listen=127.0.0.1:0",
-             "--mqtt.max_packet_size=1KiB", "--storage.sync=false",
-             "--mqtt.listen=127.0.0.1:0"],
-            stderr=subprocess.PIPE, text=True,
-            preexec_fn=_die_with_parent)
-        self.log = []
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                break
-            self.log.append(line)
-            m = re.search(r"mqtt listening on 127\.0\.0\.1:(\d+)", line)
-            if m:
-                self.mqtt_port = int(m.group(1))
-            if line.rstrip().endswith("herald ready") and self.mqtt_port:
-                threading.Thread(target=self._drain, daemon=True).start()
-                return
-        self.stop()
-        raise RuntimeError("herald did not become ready:\n" + "".join(self.log[-20:]))
-
-    def _drain(self):
-        for line in self.proc.stderr:
-            self.log.append(line)
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 def main():
     bin_dir = sys.argv[1]
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    herald = Herald(bin_dir)
+    herald = Herald(bin_dir, "badinput",
+                    ["--mqtt.max_packet_size=1KiB", "--storage.sync=false"])
     port = herald.mqtt_port
     cases = []
     for v in (V5, V311):

@@ -11,7 +11,6 @@ Prints "N passed, N failed".
 usage: mqtt_tls_test.py BIN_DIR
 """
 import os
-import re
 import shutil
 import socket
 import ssl
@@ -19,9 +18,10 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 
 import paho.mqtt.client as mqtt
+
+from herald_process import Herald
 
 
 def run(*args):
@@ -43,45 +43,6 @@ def make_certs(d):
         "-CA", os.path.join(d, "ca.pem"), "-CAkey", os.path.join(d, "ca.key"),
         "-CAcreateserial", "-extfile", ext, "-out", os.path.join(d, "server.pem"))
 
-
-class Herald:
-    def __init__(self, bin_dir, d):
-        self.dir = d
-        # Port 0 everywhere: herald logs the ports it got (a port picked here and released could
-        # be taken by herald's own core listener first).
-        self.tcp_port = 0
-        self.tls_port = 0
-        self.proc = subprocess.Popen(
-            [os.path.join(bin_dir, "herald"), "--data_dir=" + os.path.join(d, "data"),
-             "--admin.listen=127.0.0.1:0", "--core.listen=127.0.0.1:0",
-             "--http.listen=127.0.0.1:0", "--storage.sync=false",
-             "--mqtt.listen=127.0.0.1:0", "--mqtt.tls_listen=127.0.0.1:0",
-             "--tls.cert_file=" + os.path.join(d, "server.pem"),
-             "--tls.key_file=" + os.path.join(d, "server.key")],
-            stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                break
-            m = re.search(r"mqtt listening on 127\.0\.0\.1:(\d+)", line)
-            if m:
-                self.tcp_port = int(m.group(1))
-            m = re.search(r"mqtt \(TLS\) listening on 127\.0\.0\.1:(\d+)", line)
-            if m:
-                self.tls_port = int(m.group(1))
-            if line.rstrip().endswith("herald ready") and self.tcp_port and self.tls_port:
-                threading.Thread(target=lambda: [None for _ in self.proc.stderr],
-                                 daemon=True).start()
-                return
-        raise RuntimeError("herald did not become ready")
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 def connect(client, port, ca=None):
@@ -132,7 +93,7 @@ def case_paho_v5(h):
 
 def case_mosquitto_sub_gets_retained_over_tls(h):
     pub = mqtt.Client(client_id="tls-retainer", protocol=mqtt.MQTTv311)
-    connect(pub, h.tcp_port)  # the plain listener keeps working next to the TLS one
+    connect(pub, h.mqtt_port)  # the plain listener keeps working next to the TLS one
     pub.publish("tls/retained", "kept", qos=1, retain=True).wait_for_publish(10)
     pub.disconnect()
     pub.loop_stop()
@@ -162,7 +123,10 @@ def main():
     passed = failed = 0
     try:
         make_certs(d)
-        herald = Herald(bin_dir, d)
+        herald = Herald(bin_dir, "tls", ["--storage.sync=false",
+                                         "--tls.cert_file=" + os.path.join(d, "server.pem"),
+                                         "--tls.key_file=" + os.path.join(d, "server.key")],
+                        tls=True, data_dir=d)
         for case in (case_paho_v311, case_paho_v5, case_mosquitto_sub_gets_retained_over_tls,
                      case_untrusted_client_fails_handshake):
             try:

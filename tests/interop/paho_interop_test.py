@@ -8,13 +8,8 @@ order with duplicates, message expiry) reach the subscriber. Prints "N passed, N
 
 usage: paho_interop_test.py BIN_DIR
 """
-import os
 import queue
-import re
-import shutil
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 
@@ -22,42 +17,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from herald_process import Herald
 
-class Herald:
-    def __init__(self, bin_dir):
-        self.dir = tempfile.mkdtemp(prefix="herald-paho-")
-        # Port 0 everywhere: herald logs the ports it got (a port picked here and released could
-        # be taken by herald's own core listener first).
-        self.mqtt_port = 0
-        self.proc = subprocess.Popen(
-            [os.path.join(bin_dir, "herald"), "--data_dir=" + self.dir,
-             "--admin.listen=127.0.0.1:0", "--core.listen=127.0.0.1:0",
-             "--http.listen=127.0.0.1:0", "--mqtt.listen=127.0.0.1:0"],
-            stderr=subprocess.PIPE, text=True)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            line = self.proc.stderr.readline()
-            if not line:
-                break
-            m = re.search(r"mqtt listening on 127\.0\.0\.1:(\d+)", line)
-            if m:
-                self.mqtt_port = int(m.group(1))
-            if line.rstrip().endswith("herald ready") and self.mqtt_port:
-                threading.Thread(target=self._drain, daemon=True).start()
-                return
-        raise RuntimeError("herald did not become ready")
-
-    def _drain(self):
-        for _ in self.proc.stderr:
-            pass
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 def client(version, name):
@@ -165,7 +126,7 @@ def check_v5_properties(port):
 
 def main():
     bin_dir = sys.argv[1]
-    herald = Herald(bin_dir)
+    herald = Herald(bin_dir, "paho")
     tests = [
         ("MQTT 3.1.1 QoS 0/1 in order", lambda: check_order(mqtt.MQTTv311, herald.mqtt_port)),
         ("MQTT 5.0 QoS 0/1 in order", lambda: check_order(mqtt.MQTTv5, herald.mqtt_port)),
