@@ -374,7 +374,10 @@ void CoreNode::MembershipRound(int round) {
     if (info.leader_node_id() == 0 || info.leader_node_id() == config_.node_id) continue;
     bool member = Contains({info.voters().begin(), info.voters().end()}, config_.node_id) ||
                   Contains({info.learners().begin(), info.learners().end()}, config_.node_id);
-    if (!member) host_->RemoveGroup(st.group);
+    // Only if the replica has not learned of a membership change since Status() (the leader may
+    // have added this node back meanwhile; wiping it then would leave the leader believing a
+    // replica holds a log it no longer has).
+    if (!member) host_->RemoveGroup(st.group, st.conf_state);
   }
 }
 

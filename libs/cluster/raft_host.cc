@@ -250,13 +250,18 @@ void RaftHost::EnsurePartitionGroup(GroupId group, uint32_t partition) {
   cv_.notify_one();
 }
 
-void RaftHost::RemoveGroup(GroupId group) {
+void RaftHost::RemoveGroup(GroupId group, std::optional<raft::ConfState> if_conf) {
   std::lock_guard<std::mutex> l(mu_);
   if (!running_ || inbox_.stop) return;
-  inbox_.tasks.push_back([this, group] {
+  inbox_.tasks.push_back([this, group, if_conf = std::move(if_conf)] {
     auto it = groups_.find(group);
     if (it == groups_.end() || group == kMetadataGroup) return;
     Group& g = *it->second;
+    if (if_conf && g.node->conf_state() != *if_conf) {
+      spdlog::info("raft group {}: membership changed since removal was decided; replica kept",
+                   group);
+      return;
+    }
     FailPending(g, absl::UnavailableError("replica removed from this node"));
     rocksdb::WriteBatch batch;
     StageWipe(engine_, group, g.log->hard_state(), &batch);
@@ -1145,7 +1150,10 @@ void RaftHost::Quiesce(Group& g) {
       hb.to = m;
       hb.from = options_.node_id;
       hb.term = node.term();
-      hb.commit = node.committed();  // every member holds it (checked by TickQuiescence)
+      // As Node::BroadcastHeartbeat: never past what the member is known to hold (every
+      // member's match is the last index here, checked by TickQuiescence).
+      const raft::Progress* pr = node.progress(m);
+      hb.commit = std::min(pr != nullptr ? pr->match : 0, node.committed());
       transport_.SendQuiesce(g.id, std::move(hb));
       stats_.messages_sent.fetch_add(1, std::memory_order_relaxed);
     }

@@ -204,7 +204,9 @@ class RaftHost {
   void EnsurePartitionGroup(GroupId group, uint32_t partition);
   // Deletes this node's replica of `group` and its data (Raft log, partition state). The Raft
   // term and vote are kept, so that a later replica of the group never votes twice in a term.
-  void RemoveGroup(GroupId group);
+  // With `if_conf`, only if the replica's latest membership is still that one: a replica that
+  // learned of a change since the caller decided (e.g. it was just added back) is kept.
+  void RemoveGroup(GroupId group, std::optional<raft::ConfState> if_conf = std::nullopt);
   // For every group this node leads, takes one step towards `target` (see MembershipTarget).
   void ReconcileMembership(TargetFn target);
 

@@ -14,10 +14,9 @@
 #include <thread>
 
 #include "herald/v1/broker.grpc.pb.h"
-#include "libs/broker/partition_state_machine.h"
 #include "libs/common/partitioning.h"
-#include "libs/storage/engine.h"
 #include "tests/support/core_cluster.h"
+#include "tests/support/partition_reader.h"
 
 namespace herald {
 namespace {
@@ -90,36 +89,14 @@ class Publisher {
 
   // Reads a partition completely from its leader.
   std::vector<v1::Message> ReadPartition(uint32_t partition) {
-    std::vector<v1::Message> out;
-    uint64_t after = 0;
-    auto deadline = std::chrono::steady_clock::now() + 30s;
-    while (std::chrono::steady_clock::now() < deadline) {
-      v1::FetchRequest req;
-      req.add_filters("#");
-      v1::FetchRange* r = req.add_ranges();
-      r->set_partition(partition);
-      r->set_after_offset(after);
-      req.set_max_messages(1000);
-      int node = leader_[partition];
-      grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + 2s);
-      v1::FetchResponse resp;
-      grpc::Status st = stubs_[node]->Fetch(&ctx, req, &resp);
-      if (!st.ok() || resp.results(0).has_error()) {
-        const auto& e = resp.results_size() ? resp.results(0).error() : v1::ErrorInfo();
-        leader_[partition] = e.leader_hint().node_id() != 0
-                                 ? static_cast<int>(e.leader_hint().node_id() - 1)
-                                 : (node + 1) % kNodes;
-        std::this_thread::sleep_for(50ms);
-        continue;
-      }
-      const v1::FetchResult& fr = resp.results(0);
-      for (const auto& m : fr.messages()) out.push_back(m);
-      after = fr.evaluated_through();
-      if (after >= fr.last_offset()) return out;
-    }
-    ADD_FAILURE() << "could not read partition " << partition;
-    return out;
+    return testing::FetchWholePartition(
+        partition, [&] { return stubs_[leader_[partition]].get(); },
+        [&](const v1::ErrorInfo& e) {
+          int node = leader_[partition];
+          leader_[partition] = e.leader_hint().node_id() != 0
+                                   ? static_cast<int>(e.leader_hint().node_id() - 1)
+                                   : (node + 1) % kNodes;
+        });
   }
 
  private:
@@ -130,27 +107,16 @@ class Publisher {
   std::map<uint32_t, int> last_leader_of_;
 };
 
-// Per-topic payloads in publish order.
-using History = std::map<std::string, std::vector<std::string>>;
-
-History ByTopic(const std::vector<v1::Message>& msgs) {
-  History h;
-  for (const auto& m : msgs) h[m.topic()].push_back(m.payload());
-  return h;
-}
+using testing::ByTopic;
+using testing::History;
 
 // Reads every partition straight from a stopped node's database.
 std::vector<v1::Message> ReadReplica(const std::string& data_dir) {
+  std::vector<uint32_t> all;
+  for (uint32_t p = 0; p < kPartitions; ++p) all.push_back(p);
   std::vector<v1::Message> out;
-  auto engine = storage::Engine::Open({.path = data_dir + "/db", .sync = false});
-  EXPECT_TRUE(engine.ok()) << engine.status();
-  if (!engine.ok()) return out;
-  for (uint32_t p = 0; p < kPartitions; ++p) {
-    auto sm = broker::PartitionStateMachine::Open(**engine, p);
-    EXPECT_TRUE(sm.ok());
-    auto f = (*sm)->Fetch(0, 0, {"#"}, 0, {.max_messages = 1u << 30, .max_bytes = 1ull << 40});
-    EXPECT_TRUE(f.ok());
-    for (auto& m : f->messages) out.push_back(std::move(m));
+  for (auto& [p, msgs] : testing::ReadStoppedReplica(data_dir, all)) {
+    for (auto& m : msgs) out.push_back(std::move(m));
   }
   return out;
 }

@@ -25,9 +25,8 @@
 
 #include "herald/v1/admin.grpc.pb.h"
 #include "herald/v1/broker.grpc.pb.h"
-#include "libs/broker/partition_state_machine.h"
 #include "libs/common/partitioning.h"
-#include "libs/storage/engine.h"
+#include "tests/support/partition_reader.h"
 #include "tests/support/process.h"
 
 namespace herald {
@@ -199,33 +198,9 @@ class Publisher {
 
   // Reads a partition completely from its leader.
   std::vector<v1::Message> ReadPartition(uint32_t partition) {
-    std::vector<v1::Message> out;
-    uint64_t after = 0;
-    auto deadline = SteadyClock::now() + 30s;
-    while (SteadyClock::now() < deadline) {
-      v1::FetchRequest req;
-      req.add_filters("#");
-      v1::FetchRange* r = req.add_ranges();
-      r->set_partition(partition);
-      r->set_after_offset(after);
-      req.set_max_messages(1000);
-      uint64_t node = leader_[partition];
-      grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + 2s);
-      v1::FetchResponse resp;
-      grpc::Status st = stubs_[node]->Fetch(&ctx, req, &resp);
-      if (!st.ok() || resp.results_size() == 0 || resp.results(0).has_error()) {
-        Redirect(partition, node, resp.results_size() ? resp.results(0).error() : v1::ErrorInfo());
-        std::this_thread::sleep_for(50ms);
-        continue;
-      }
-      const v1::FetchResult& fr = resp.results(0);
-      for (const auto& m : fr.messages()) out.push_back(m);
-      after = fr.evaluated_through();
-      if (after >= fr.last_offset()) return out;
-    }
-    ADD_FAILURE() << "could not read partition " << partition;
-    return out;
+    return testing::FetchWholePartition(
+        partition, [&] { return stubs_[leader_[partition]].get(); },
+        [&](const v1::ErrorInfo& e) { Redirect(partition, leader_[partition], e); });
   }
 
  private:
@@ -240,14 +215,8 @@ class Publisher {
   std::vector<uint64_t> seq_;
 };
 
-// Per-topic payloads in order.
-using History = std::map<std::string, std::vector<std::string>>;
-
-History ByTopic(const std::vector<v1::Message>& msgs) {
-  History h;
-  for (const auto& m : msgs) h[m.topic()].push_back(m.payload());
-  return h;
-}
+using testing::ByTopic;
+using testing::History;
 
 History ByTopic(const std::vector<Acked>& acked) {
   History h;
@@ -255,24 +224,6 @@ History ByTopic(const std::vector<Acked>& acked) {
   return h;
 }
 
-// Reads `partitions` straight from a stopped node's database (as cluster_process_test.cc does).
-std::map<uint32_t, std::vector<v1::Message>> ReadReplica(const std::string& data_dir,
-                                                         const std::vector<uint32_t>& partitions) {
-  std::map<uint32_t, std::vector<v1::Message>> out;
-  auto engine = storage::Engine::Open({.path = data_dir + "/db", .sync = false});
-  EXPECT_TRUE(engine.ok()) << engine.status();
-  if (!engine.ok()) return out;
-  for (uint32_t p : partitions) {
-    auto sm = broker::PartitionStateMachine::Open(**engine, p);
-    EXPECT_TRUE(sm.ok());
-    if (!sm.ok()) continue;
-    auto f = (*sm)->Fetch(0, 0, {"#"}, 0, {.max_messages = 1u << 30, .max_bytes = 1ull << 40});
-    EXPECT_TRUE(f.ok());
-    if (!f.ok()) continue;
-    for (auto& m : f->messages) out[p].push_back(std::move(m));
-  }
-  return out;
-}
 
 // The cluster as node 1 sees it.
 struct View {
@@ -606,7 +557,7 @@ TEST(MembershipProcessTest, NodeDrainsAndNodeJoinsWhilePublishing) {
   // stop (node 6 first, while the leaders still run).
   EXPECT_EQ(nodes.StopGracefully(kJoined), 0);
   for (uint64_t id = 1; id <= 4; ++id) EXPECT_EQ(nodes.StopGracefully(id), 0) << "node " << id;
-  auto replica = ReadReplica(nodes.DataDir(kJoined), node6_partitions);
+  auto replica = testing::ReadStoppedReplica(nodes.DataDir(kJoined), node6_partitions);
   size_t held = 0;
   for (uint32_t p : node6_partitions) {
     std::vector<Acked> expected;
