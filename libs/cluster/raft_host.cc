@@ -512,6 +512,12 @@ void RaftHost::Deliver(GroupId group, raft::Message message, bool quiesce) {
   cv_.notify_one();
 }
 
+void RaftHost::RunDownElectionTimer(raft::Node& node) {
+  // The election timeout is randomized in [election_ticks, 2 * election_ticks): after
+  // election_ticks - 1 ticks the lease has all but run out and the campaign keeps its jitter.
+  for (int i = 0; i + 1 < options_.election_ticks; ++i) node.Tick();
+}
+
 bool RaftHost::PeerAlive(raft::NodeId node) {
   if (node == options_.node_id) return true;
   auto now = clock_.Now();
@@ -760,7 +766,7 @@ void RaftHost::RunPass(Inbox& inbox) {
       const raft::NodeId leader = g.node->leader();
       if (g.node->role() != raft::Role::kLeader && leader != raft::kNoNode && leader != from &&
           !PeerAlive(leader)) {
-        for (int i = 0; i + 1 < options_.election_ticks; ++i) g.node->Tick();
+        RunDownElectionTimer(*g.node);
       }
     }
     g.node->Step(std::move(in.message)).IgnoreError();
@@ -1164,7 +1170,6 @@ void RaftHost::Quiesce(Group& g) {
 void RaftHost::TickQuiescence(int ticks) {
   // A leader quiesces after this many idle ticks in a row.
   constexpr int kIdleTicksBeforeQuiesce = 3;
-  auto alive = [this](raft::NodeId n) { return PeerAlive(n); };
   bool sent = false;
   for (auto& [id, gp] : groups_) {
     Group& g = *gp;
@@ -1175,12 +1180,11 @@ void RaftHost::TickQuiescence(int ticks) {
     members.insert(members.end(), cs.learners.begin(), cs.learners.end());
     if (g.quiesced) {
       for (raft::NodeId m : members) {
-        if (alive(m)) continue;
+        if (PeerAlive(m)) continue;
         Wake(g);
         if (m == node.leader() && node.role() != raft::Role::kLeader) {
-          // The leader's node went silent: have the election timer nearly expired, so that
-          // this replica campaigns within one randomized timeout (not two).
-          for (int i = 0; i + 1 < options_.election_ticks; ++i) node.Tick();
+          // The leader's node went silent: campaign within one randomized timeout (not two).
+          RunDownElectionTimer(node);
         }
         break;
       }
@@ -1196,7 +1200,7 @@ void RaftHost::TickQuiescence(int ticks) {
       if (m == options_.node_id) continue;
       const raft::Progress* pr = node.progress(m);
       idle = pr != nullptr && pr->match == node.last_index() &&
-             pr->state == raft::Progress::State::kReplicate && alive(m);
+             pr->state == raft::Progress::State::kReplicate && PeerAlive(m);
     }
     if (!idle) {
       g.idle_ticks = 0;

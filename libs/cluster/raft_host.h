@@ -319,6 +319,8 @@ class RaftHost {
   void TickQuiescence(int ticks);
   // Whether `node` was heard from within an election timeout (always true for this node).
   bool PeerAlive(raft::NodeId node);
+  // Brings a replica woken because its leader's node is silent to the end of its lease.
+  void RunDownElectionTimer(raft::Node& node);
   void Quiesce(Group& g);
   void Wake(Group& g);
   static GroupStatus StatusOf(const Group& g);
