@@ -9,6 +9,7 @@
 
 #include "libs/common/logging.h"
 #include "libs/common/strings.h"
+#include "libs/common/thread.h"
 #include "libs/storage/keys.h"
 
 namespace herald::cluster {
@@ -181,9 +182,7 @@ absl::Status CoreNode::Start(const std::string& data_dir) {
 
   raft_service_ = std::make_unique<RaftTransportService>(
       config_.cluster_id, config_.node_id,
-      [this](GroupId g, raft::Message m, bool quiesce) {
-        host_->Deliver(g, std::move(m), quiesce);
-      },
+      [this](std::vector<RaftHost::Inbound> in) { host_->DeliverAll(std::move(in)); },
       [this](raft::NodeId from) { host_->HeardFrom(from); });
   raft_service_->set_host(host_.get());
   BrokerServiceOptions bo;
@@ -227,8 +226,16 @@ absl::Status CoreNode::Start(const std::string& data_dir) {
     std::lock_guard<std::mutex> l(membership_mu_);
     membership_stop_ = false;
   }
-  membership_thread_ = std::thread([this] { MembershipLoop(); });
-  if (!config_.join.empty()) join_thread_ = std::thread([this] { JoinLoop(); });
+  membership_thread_ = std::thread([this] {
+    SetThreadName("membership");
+    MembershipLoop();
+  });
+  if (!config_.join.empty()) {
+    join_thread_ = std::thread([this] {
+      SetThreadName("join");
+      JoinLoop();
+    });
+  }
   {
     std::lock_guard<std::mutex> l(metrics_source_->mu);
     metrics_source_->host = host_.get();

@@ -83,8 +83,8 @@ class GrpcRaftTransport final : public Transport {
 // Receives streams from peers and hands their messages to the local host.
 class RaftTransportService final : public v1::RaftTransport::Service {
  public:
-  // A message for the local host; `quiesce` marks a leader's quiesce heartbeat.
-  using DeliverFn = std::function<void(GroupId, raft::Message, bool quiesce)>;
+  // Everything one received batch carried, for the local host, in order.
+  using DeliverFn = std::function<void(std::vector<RaftHost::Inbound>)>;
   // Called for every batch received from a peer (empty ones included).
   using HeardFn = std::function<void(raft::NodeId)>;
   RaftTransportService(std::string cluster_id, raft::NodeId self, DeliverFn deliver,

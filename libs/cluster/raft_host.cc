@@ -8,6 +8,7 @@
 
 #include "libs/common/logging.h"
 #include "libs/common/strings.h"
+#include "libs/common/thread.h"
 #include "libs/storage/keys.h"
 
 namespace herald::cluster {
@@ -451,6 +452,7 @@ absl::Status RaftHost::Start() {
 }
 
 void RaftHost::RunSyncer() {
+  SetThreadName("raft-sync");
   uint64_t done = 0;
   std::unique_lock<std::mutex> l(sync_mu_);
   while (true) {
@@ -508,6 +510,20 @@ void RaftHost::Deliver(GroupId group, raft::Message message, bool quiesce) {
     std::lock_guard<std::mutex> l(mu_);
     if (!running_) return;
     inbox_.messages.push_back(Inbound{group, std::move(message), quiesce});
+  }
+  cv_.notify_one();
+}
+
+void RaftHost::DeliverAll(std::vector<Inbound> messages) {
+  if (messages.empty()) return;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (!running_) return;
+    if (inbox_.messages.empty()) {
+      inbox_.messages = std::move(messages);
+    } else {
+      for (Inbound& in : messages) inbox_.messages.push_back(std::move(in));
+    }
   }
   cv_.notify_one();
 }
@@ -702,6 +718,7 @@ std::vector<GroupStatus> RaftHost::Status() {
 }
 
 void RaftHost::Run() {
+  SetThreadName("raft-host");
   auto next_tick = clock_.Now() + options_.tick;
   while (true) {
     Inbox inbox;

@@ -223,9 +223,19 @@ class RaftHost {
   // Stops the thread; pending proposals fail with UNAVAILABLE (outcome unknown).
   void Stop();
 
-  // Queues an inbound message from the transport; `quiesce` marks a leader's quiesce heartbeat
-  // (Transport::SendQuiesce). Thread-safe.
+  // An inbound message from the transport; `quiesce` marks a leader's quiesce heartbeat
+  // (Transport::SendQuiesce).
+  struct Inbound {
+    GroupId group;
+    raft::Message message;
+    bool quiesce;
+  };
+  // Queues an inbound message. Thread-safe.
   void Deliver(GroupId group, raft::Message message, bool quiesce = false);
+  // Queues everything one received batch carried, in order, with one wake-up of the host
+  // thread (a wake-up per message lets the thread start a pass on the first of them).
+  // Thread-safe.
+  void DeliverAll(std::vector<Inbound> messages);
   // The transport received something (anything, an empty batch included) from `node`: it is
   // alive. Quiesced groups wake up when a member has not been heard from for an election
   // timeout. Thread-safe.
@@ -275,11 +285,6 @@ class RaftHost {
   struct PendingProposal {
     uint64_t term;
     ProposalCallback done;
-  };
-  struct Inbound {
-    GroupId group;
-    raft::Message message;
-    bool quiesce;
   };
   struct Inbox {
     std::vector<Inbound> messages;

@@ -8,6 +8,7 @@
 #include "libs/cluster/broker_service.h"
 #include "libs/common/partitioning.h"
 #include "libs/common/strings.h"
+#include "libs/common/thread.h"
 
 namespace herald::cluster {
 
@@ -50,7 +51,10 @@ void SessionManager::Start() {
     std::lock_guard<std::mutex> l(mu_);
     stop_ = false;
   }
-  thread_ = std::thread([this] { Run(); });
+  thread_ = std::thread([this] {
+    SetThreadName("sessions");
+    Run();
+  });
 }
 
 void SessionManager::Stop() {

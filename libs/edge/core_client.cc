@@ -8,6 +8,7 @@
 
 #include "libs/common/partitioning.h"
 #include "libs/common/strings.h"
+#include "libs/common/thread.h"
 
 namespace herald::edge {
 
@@ -140,7 +141,10 @@ absl::Status CoreClient::Start() {
   if (options_.addresses.empty()) return absl::InvalidArgumentError("no core address");
   if (options_.partitions == 0) return absl::InvalidArgumentError("partition count is 0");
   started_ = true;
-  timer_thread_ = std::thread([this] { RunTimers(); });
+  timer_thread_ = std::thread([this] {
+    SetThreadName("core-timers");
+    RunTimers();
+  });
   RunAfter(options_.lease_renew_interval, [this] { RenewLeases(); });
   {
     std::lock_guard<std::mutex> l(mu_);
@@ -155,7 +159,10 @@ absl::Status CoreClient::Start() {
   }
   for (auto& s : streams_) {
     Stream* raw = s.get();
-    s->thread = std::thread([this, raw] { RunStream(raw); });
+    s->thread = std::thread([this, raw] {
+      SetThreadName("core-stream-" + std::to_string(raw->index));
+      RunStream(raw);
+    });
   }
   return absl::OkStatus();
 }

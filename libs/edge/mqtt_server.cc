@@ -19,6 +19,7 @@
 #include "libs/common/logging.h"
 #include "libs/common/partitioning.h"
 #include "libs/common/strings.h"
+#include "libs/common/thread.h"
 #include "libs/common/version.h"
 #include "libs/protocol/mqtt/codec.h"
 #include "libs/protocol/mqtt/topic.h"
@@ -2043,7 +2044,10 @@ absl::Status MqttServer::Start(net::LoopGroup& loops) {
     st->loop = &loops.loop(i);
     hub_->loops[&loops.loop(i)] = st;
   }
-  hub_->auth_thread = std::thread([hub = hub_.get()] { hub->AuthLoop(); });
+  hub_->auth_thread = std::thread([hub = hub_.get()] {
+    SetThreadName("mqtt-auth");
+    hub->AuthLoop();
+  });
   auto factory = [this](net::Connection& conn) -> std::unique_ptr<net::ConnectionHandler> {
     auto session = Attach(conn, std::make_unique<TcpTransport>(conn));
     if (!session) return nullptr;

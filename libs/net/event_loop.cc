@@ -6,6 +6,7 @@
 #include <cstdlib>
 
 #include "libs/common/strings.h"
+#include "libs/common/thread.h"
 
 namespace herald::net {
 
@@ -39,6 +40,7 @@ EventLoop::~EventLoop() {
 absl::Status EventLoop::Start() {
   if (started_.exchange(true)) return absl::FailedPreconditionError("loop already started");
   thread_ = std::thread([this] {
+    SetThreadName(name_);
     thread_id_.store(std::this_thread::get_id());
     uv_run(&loop_, UV_RUN_DEFAULT);
     // Run once more so close callbacks queued during shutdown complete.
