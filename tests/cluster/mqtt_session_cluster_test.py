@@ -24,6 +24,7 @@ usage: mqtt_session_cluster_test.py BIN_DIR
 import json
 import os
 import queue
+import random
 import shutil
 import signal
 import socket
@@ -59,6 +60,24 @@ def _exit_on_sigterm(signum, frame):
 
 
 def free_port():
+    """A port free a moment ago, below the kernel's ephemeral range (as tests/support/process.cc
+    PickFreePort): no port-0 listener or outgoing connection can take it before its server
+    binds it."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    for _ in range(100 if low - 10000 >= 1000 else 0):
+        port = random.randrange(10000, low)
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+        finally:
+            s.close()
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]

@@ -9,6 +9,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <fstream>
+#include <mutex>
+#include <random>
 #include <regex>
 #include <thread>
 
@@ -109,16 +113,47 @@ std::string HttpGet(const std::string& address, const std::string& path) {
   return r;
 }
 
-int PickFreePort() {
+namespace {
+
+// Binds a TCP socket to 127.0.0.1:port (0: any); returns the port bound, or 0.
+int TryBind(int port) {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return 0;
   sockaddr_in a{};
   a.sin_family = AF_INET;
   a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a));
-  socklen_t len = sizeof(a);
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  int bound = 0;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0) {
+    socklen_t len = sizeof(a);
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0) bound = ntohs(a.sin_port);
+  }
   ::close(fd);
-  return ntohs(a.sin_port);
+  return bound;
+}
+
+}  // namespace
+
+int PickFreePort() {
+  // Below the kernel's ephemeral range: a port handed out here is never the one the kernel
+  // gives a listener on port 0 or an outgoing connection (which is how a picked port used to
+  // be taken before the test's server bound it). Random, so that tests running in parallel
+  // rarely pick the same one.
+  int low = 32768;
+  if (std::ifstream range("/proc/sys/net/ipv4/ip_local_port_range"); range) range >> low;
+  constexpr int kFirst = 10000;
+  if (low - kFirst >= 1000) {
+    static std::mt19937 rnd(static_cast<uint32_t>(::getpid()) * 2654435761u ^
+                            static_cast<uint32_t>(
+                                std::chrono::steady_clock::now().time_since_epoch().count()));
+    static std::mutex mu;
+    std::lock_guard<std::mutex> l(mu);
+    for (int attempt = 0; attempt < 100; ++attempt) {
+      int port = kFirst + static_cast<int>(rnd() % static_cast<uint32_t>(low - kFirst));
+      if (TryBind(port) == port) return port;
+    }
+  }
+  return TryBind(0);
 }
 
 }  // namespace herald::testing

@@ -41,7 +41,8 @@ class Process {
 // GET `path` from "host:port" with Connection: close; the raw response, "" on failure.
 std::string HttpGet(const std::string& address, const std::string& path);
 
-// A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read it, close).
+// A TCP port on 127.0.0.1 that was free a moment ago: a random one below the kernel's
+// ephemeral port range (so that no port-0 listener or outgoing connection takes it meanwhile).
 int PickFreePort();
 
 }  // namespace herald::testing
