@@ -2,6 +2,7 @@
 
 #include <atomic>
 
+#include "absl/strings/str_join.h"
 #include "libs/common/partitioning.h"
 #include "libs/common/strings.h"
 #include "libs/protocol/mqtt/topic.h"
@@ -39,9 +40,12 @@ BrokerService::BrokerService(RaftHost& host, BrokerServiceOptions options, Clock
                              SessionManager* sessions)
     : host_(host), options_(std::move(options)), clock_(clock), sessions_(sessions) {}
 
-void BrokerService::SetProposalError(const ProposalResult& r, v1::ErrorInfo* e) const {
+void BrokerService::SetProposalError(const ProposalResult& r, GroupId group,
+                                     v1::ErrorInfo* e) const {
   if (r.status.ok()) {
     SetError(e, v1::ERROR_CODE_INTERNAL, "apply produced no result");
+  } else if (absl::IsNotFound(r.status)) {
+    SetNotHosted(group, e);  // RaftHost: no such group on this node
   } else if (absl::IsUnavailable(r.status) && r.status.message() == "not leader") {
     SetNotLeader(r.leader_hint, 0, e);
   } else if (absl::IsUnavailable(r.status)) {
@@ -55,6 +59,20 @@ void BrokerService::SetProposalError(const ProposalResult& r, v1::ErrorInfo* e) 
   } else {
     SetError(e, v1::ERROR_CODE_PARTITION_UNAVAILABLE, std::string(r.status.message()));
   }
+}
+
+void BrokerService::SetNotHosted(GroupId group, v1::ErrorInfo* error) const {
+  const uint32_t partition = static_cast<uint32_t>(group - 1);  // GroupForPartition
+  std::vector<raft::NodeId> replicas = options_.directory->Replicas(partition);
+  if (replicas.empty()) {
+    SetError(error, v1::ERROR_CODE_PARTITION_UNAVAILABLE,
+             StrCat("partition ", partition, " is not hosted on this node"));
+    return;
+  }
+  SetNotLeader(replicas.front(), 0, error);
+  error->set_message(StrCat("partition ", partition,
+                            " is not hosted on this node; its replicas are on nodes ",
+                            absl::StrJoin(replicas, ",")));
 }
 
 void BrokerService::SetNotLeader(raft::NodeId leader, uint64_t term, v1::ErrorInfo* error) const {
@@ -120,14 +138,15 @@ grpc::ServerUnaryReactor* BrokerService::Publish(grpc::CallbackServerContext* ct
     const size_t count = indexes.size();
     host_.ProposePublish(
         GroupForPartition(partition), cmd.SerializeAsString(), count,
-        [this, reactor, response, outstanding, indexes = std::move(indexes)](ProposalResult r) {
+        [this, reactor, response, outstanding, partition = partition,
+         indexes = std::move(indexes)](ProposalResult r) {
           for (size_t k = 0; k < indexes.size(); ++k) {
             v1::PublishResult* out = response->mutable_results(indexes[k]);
             if (r.status.ok() && k < r.apply.publish.size()) {
               *out = std::move(r.apply.publish[k]);
               continue;
             }
-            SetProposalError(r, out->mutable_error());
+            SetProposalError(r, GroupForPartition(partition), out->mutable_error());
           }
           if (outstanding->fetch_sub(1) == 1) reactor->Finish(grpc::Status::OK);
         });
@@ -143,11 +162,10 @@ broker::FetchLimits BrokerService::RequestLimits(uint32_t max_messages, uint64_t
 }
 
 template <typename Result>
-bool BrokerService::LeaderServes(const broker::PartitionStateMachine* sm, const GroupStatus* st,
-                                 Result* out) const {
+bool BrokerService::LeaderServes(GroupId group, const broker::PartitionStateMachine* sm,
+                                 const GroupStatus* st, Result* out) const {
   if (sm == nullptr) {
-    SetError(out->mutable_error(), v1::ERROR_CODE_PARTITION_UNAVAILABLE,
-             "partition is not hosted here");
+    SetNotHosted(group, out->mutable_error());
     return false;
   }
   if (st->role != raft::Role::kLeader) {
@@ -188,7 +206,7 @@ grpc::ServerUnaryReactor* BrokerService::Fetch(grpc::CallbackServerContext* ctx,
     host_.ReadAsync(GroupForPartition(range.partition()),
                     [this, reactor, out, outstanding, range, filters, limits, now](
                         broker::PartitionStateMachine* sm, const GroupStatus* st) {
-                      if (!LeaderServes(sm, st, out)) {
+                      if (!LeaderServes(GroupForPartition(range.partition()), sm, st, out)) {
                         // LeaderServes filled in the error.
                       } else if (range.epoch() != 0 && range.epoch() != sm->state().epoch()) {
                         SetError(out->mutable_error(), v1::ERROR_CODE_EPOCH_CHANGED,
@@ -253,7 +271,7 @@ grpc::ServerUnaryReactor* BrokerService::GetRetained(grpc::CallbackServerContext
     host_.ReadAsync(GroupForPartition(q.partition()),
                     [this, reactor, out, outstanding, q, filters, limits, now](
                         broker::PartitionStateMachine* sm, const GroupStatus* st) {
-                      if (LeaderServes(sm, st, out)) {
+                      if (LeaderServes(GroupForPartition(q.partition()), sm, st, out)) {
                         std::string next;
                         auto page = sm->RetainedPage(filters, q.after_topic(), now,
                                                      limits.max_messages, limits.max_bytes, &next);

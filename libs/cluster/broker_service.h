@@ -87,8 +87,12 @@ class BrokerService final : public BrokerServiceBase {
  private:
   class Subscription;
   void SetNotLeader(raft::NodeId leader, uint64_t term, v1::ErrorInfo* error) const;
-  // Why a proposal did not (or may not have) committed, as a Herald error.
-  void SetProposalError(const ProposalResult& r, v1::ErrorInfo* error) const;
+  // This node holds no replica of `group`'s partition: NOT_LEADER naming one of the partition's
+  // assigned replicas (term 0), which leads it or knows who does; PARTITION_UNAVAILABLE when
+  // this node does not know the placement (yet).
+  void SetNotHosted(GroupId group, v1::ErrorInfo* error) const;
+  // Why a proposal on `group` did not (or may not have) committed, as a Herald error.
+  void SetProposalError(const ProposalResult& r, GroupId group, v1::ErrorInfo* error) const;
   // INVALID_ARGUMENT's message for a malformed session update, or empty.
   std::string ValidateSessionUpdate(const v1::SessionUpdate& u) const;
   // The request's limits, or the defaults for those it leaves at 0.
@@ -96,8 +100,8 @@ class BrokerService final : public BrokerServiceBase {
   // Whether this node can serve a read of the partition (hosted and leading); if not, sets
   // `out`'s error (a FetchResult or RetainedResult) to say why.
   template <typename Result>
-  bool LeaderServes(const broker::PartitionStateMachine* sm, const GroupStatus* st,
-                    Result* out) const;
+  bool LeaderServes(GroupId group, const broker::PartitionStateMachine* sm,
+                    const GroupStatus* st, Result* out) const;
 
   RaftHost& host_;
   const BrokerServiceOptions options_;

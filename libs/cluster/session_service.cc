@@ -127,7 +127,7 @@ grpc::ServerUnaryReactor* BrokerService::OpenSession(grpc::CallbackServerContext
   host_.Propose(group, cmd.SerializeAsString(), [this, reactor, response, group](ProposalResult r) {
     if (!r.status.ok() || !r.apply.open_session.has_value()) {
       v1::ErrorInfo e;
-      SetProposalError(r, &e);
+      SetProposalError(r, group, &e);
       reactor->Finish(ErrorStatus(e));
       return;
     }
@@ -182,7 +182,7 @@ grpc::ServerUnaryReactor* BrokerService::UpdateSessions(grpc::CallbackServerCont
                         }
                         continue;
                       }
-                      SetProposalError(r, out->mutable_error());
+                      SetProposalError(r, group, out->mutable_error());
                     }
                     if (outstanding->fetch_sub(1) == 1) reactor->Finish(grpc::Status::OK);
                   });
@@ -203,7 +203,7 @@ grpc::ServerUnaryReactor* BrokerService::CloseSession(grpc::CallbackServerContex
   v1::PartitionCommand cmd;
   cmd.set_proposed_at_unix_ms(UnixMs(clock_));
   *cmd.mutable_close_session()->mutable_request() = *request;
-  host_.Propose(group, cmd.SerializeAsString(), [this, reactor, response](ProposalResult r) {
+  host_.Propose(group, cmd.SerializeAsString(), [this, reactor, response, group](ProposalResult r) {
     if (r.status.ok() && r.apply.close_session.has_value()) {
       *response = std::move(*r.apply.close_session);
       reactor->Finish(grpc::Status::OK);
@@ -213,7 +213,7 @@ grpc::ServerUnaryReactor* BrokerService::CloseSession(grpc::CallbackServerContex
     if (r.status.ok() && r.apply.session_error.code() != v1::ERROR_CODE_UNSPECIFIED) {
       e = std::move(r.apply.session_error);
     } else {
-      SetProposalError(r, &e);
+      SetProposalError(r, group, &e);
     }
     reactor->Finish(ErrorStatus(e));
   });
@@ -237,7 +237,7 @@ grpc::ServerUnaryReactor* BrokerService::GetSession(grpc::CallbackServerContext*
         v1::ErrorInfo e;
         e.set_partition(partition);
         if (sm == nullptr) {
-          SetError(&e, v1::ERROR_CODE_PARTITION_UNAVAILABLE, "partition is not hosted here");
+          SetNotHosted(GroupForPartition(partition), &e);
         } else if (st->role != raft::Role::kLeader) {
           SetNotLeader(st->leader, st->term, &e);
         } else {

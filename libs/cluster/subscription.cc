@@ -277,8 +277,7 @@ class BrokerService::Subscription {
           v1::PartitionStopped* s = ev.mutable_stopped();
           s->set_partition(p);
           if (!r.hosted) {
-            s->mutable_error()->set_code(v1::ERROR_CODE_PARTITION_UNAVAILABLE);
-            s->mutable_error()->set_message("partition is not hosted on this node");
+            service_.SetNotHosted(GroupForPartition(p), s->mutable_error());
           } else if (!r.leader) {
             service_.SetNotLeader(r.leader_id, r.term, s->mutable_error());
           } else {

@@ -287,5 +287,87 @@ TEST_F(SubscribeTest, GetRetainedPagesThroughAPartitionsRetainedMessages) {
             grpc::StatusCode::INVALID_ARGUMENT);
 }
 
+
+TEST_F(SubscribeTest, NodeWithoutAReplicaRedirectsToOneOfThePartitionsReplicas) {
+  // A service for kPartitions + 1 partitions over a host holding the first kPartitions: the last
+  // one is not hosted here, and the metadata says nodes 2 and 3 hold it.
+  const uint32_t absent = kPartitions;
+  v1::MetadataStateRecord rec;
+  rec.set_applied_index(1);
+  rec.set_initialized(true);
+  for (uint64_t id : {1, 2, 3}) {
+    v1::NodeInfo* n = rec.add_nodes();
+    n->set_node_id(id);
+    n->mutable_peer_endpoint()->set_host("127.0.0.1");
+    n->mutable_peer_endpoint()->set_port(static_cast<uint32_t>(7100 + id));
+  }
+  for (uint32_t p = 0; p <= absent; ++p) {
+    v1::PartitionAssignment* a = rec.add_assignments();
+    a->set_partition(p);
+    if (p == absent) {
+      a->add_replicas(2);
+      a->add_replicas(3);
+    } else {
+      a->add_replicas(1);
+    }
+  }
+  BrokerServiceOptions bo;
+  bo.partition_count = kPartitions + 1;
+  bo.directory = std::make_shared<NodeDirectory>();
+  bo.directory->Update(rec);
+  BrokerService service(*host_, bo);
+  grpc::ServerBuilder b;
+  int port = 0;
+  b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  b.RegisterService(&service);
+  auto server = b.BuildAndStart();
+  ASSERT_NE(port, 0);
+  auto stub = v1::Broker::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
+                                                      grpc::InsecureChannelCredentials()));
+  auto expect_redirect = [](const v1::ErrorInfo& e, const char* what) {
+    EXPECT_EQ(e.code(), v1::ERROR_CODE_NOT_LEADER) << what << ": " << e.message();
+    EXPECT_EQ(e.leader_hint().node_id(), 2u) << what;
+    EXPECT_EQ(e.leader_hint().endpoint().port(), 7102u) << what;
+    EXPECT_EQ(e.leader_hint().term(), 0u) << what;
+  };
+
+  std::string topic;
+  for (int i = 0; topic.empty(); ++i) {
+    std::string t = "elsewhere/" + std::to_string(i);
+    if (PartitionFor(t, kPartitions + 1) == absent) topic = t;
+  }
+  v1::PublishRequest pub;
+  pub.add_messages()->set_topic(topic);
+  grpc::ClientContext c1;
+  v1::PublishResponse pr;
+  ASSERT_TRUE(stub->Publish(&c1, pub, &pr).ok());
+  ASSERT_EQ(pr.results_size(), 1);
+  expect_redirect(pr.results(0).error(), "publish");
+
+  v1::FetchRequest fetch;
+  fetch.add_ranges()->set_partition(absent);
+  fetch.add_filters("#");
+  grpc::ClientContext c2;
+  v1::FetchResponse fr;
+  ASSERT_TRUE(stub->Fetch(&c2, fetch, &fr).ok());
+  ASSERT_EQ(fr.results_size(), 1);
+  expect_redirect(fr.results(0).error(), "fetch");
+
+  grpc::ClientContext c3;
+  auto s = stub->Subscribe(&c3);
+  v1::SubscribeRequest start;
+  start.mutable_start()->set_edge_id("test-edge");
+  start.mutable_start()->add_partitions()->set_partition(absent);
+  start.mutable_start()->add_filters("#");
+  start.mutable_start()->set_initial_credit_bytes(1 << 20);
+  ASSERT_TRUE(s->Write(start));
+  v1::SubscribeResponse resp;
+  ASSERT_TRUE(s->Read(&resp));
+  ASSERT_TRUE(resp.has_stopped());
+  expect_redirect(resp.stopped().error(), "subscribe");
+  c3.TryCancel();
+  server->Shutdown(std::chrono::system_clock::now() + 1s);
+}
+
 }  // namespace
 }  // namespace herald::cluster
