@@ -1,6 +1,9 @@
 #include "libs/broker/partition_state_machine.h"
 
 #include <algorithm>
+#include <memory>
+
+#include <google/protobuf/arena.h>
 
 #include "libs/common/strings.h"
 #include "libs/protocol/mqtt/topic.h"
@@ -11,6 +14,9 @@ namespace herald::broker {
 using storage::Family;
 
 namespace {
+
+// Initial arena block for parsing a command in Apply; larger commands grow the arena.
+constexpr size_t kApplyArenaBlock = 256 << 10;
 
 bool Expired(const v1::Message& m, int64_t now_unix_ms) {
   if (!m.has_expiry_interval_s()) return false;
@@ -122,7 +128,14 @@ absl::StatusOr<ApplyResult> PartitionStateMachine::Apply(uint64_t index, std::st
                                                          rocksdb::WriteBatch* batch) {
   ApplyResult result;
   if (index <= state_.applied_index()) return result;
-  v1::PartitionCommand cmd;
+  // The command's many small pieces (messages, their topics and payloads) come from one arena
+  // that starts in a reused per-thread block: no allocation per piece.
+  thread_local std::unique_ptr<char[]> block(new char[kApplyArenaBlock]);
+  google::protobuf::ArenaOptions arena_options;
+  arena_options.initial_block = block.get();
+  arena_options.initial_block_size = kApplyArenaBlock;
+  google::protobuf::Arena arena(arena_options);
+  v1::PartitionCommand& cmd = *google::protobuf::Arena::CreateMessage<v1::PartitionCommand>(&arena);
   if (!cmd.ParseFromArray(data.data(), static_cast<int>(data.size()))) {
     return absl::DataLossError(
         StrCat("partition ", partition_, ": entry ", index, " is not a partition command"));

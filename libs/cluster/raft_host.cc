@@ -878,7 +878,9 @@ void RaftHost::RunPass(Inbox& inbox) {
   };
   std::vector<Collected> readies;
   std::vector<Applied> applied;
-  rocksdb::WriteBatch batch;
+  // Sized like the last pass's batch (up to 1 MiB): a busy pass appends tens of kilobytes,
+  // which would otherwise be copied over and over as the buffer grows.
+  rocksdb::WriteBatch batch(std::min<size_t>(last_batch_bytes_, 1 << 20));
   Outgoing out;
   // Pipelined fsync (raft_host.h): with syncing on, the write returns before the disk has it;
   // the syncer makes it durable and Release() then sends what depends on it.
@@ -986,6 +988,7 @@ void RaftHost::RunPass(Inbox& inbox) {
   stats_.passes.fetch_add(1, std::memory_order_relaxed);
   if (readies.empty()) return;
   auto write_start = std::chrono::steady_clock::now();
+  last_batch_bytes_ = batch.GetDataSize();
   absl::Status s = pipelined ? engine_.WriteBuffered(&batch) : engine_.Write(&batch);
   if (!s.ok()) Fatal("group commit write", s);
   stats_.write_batches.fetch_add(1, std::memory_order_relaxed);

@@ -350,6 +350,7 @@ class RaftHost {
   // Pipelined fsync (host thread): passes written and not yet released, oldest first.
   std::deque<Outgoing> outgoing_;
   uint64_t write_seq_ = 0;
+  size_t last_batch_bytes_ = 0;  // host thread: size of the last pass's write batch
   bool sync_in_flight_ = false;
   // The syncer thread.
   std::mutex sync_mu_;
