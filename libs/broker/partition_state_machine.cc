@@ -18,6 +18,15 @@ namespace {
 // Initial arena block for parsing a command in Apply; larger commands grow the arena.
 constexpr size_t kApplyArenaBlock = 256 << 10;
 
+// `m` serialized into a per-thread buffer, valid until the next call on this thread: records
+// are copied into the write batch, so the buffer need not be allocated for each.
+std::string_view Serialized(const google::protobuf::MessageLite& m) {
+  thread_local std::string buf;
+  buf.clear();
+  m.AppendToString(&buf);
+  return buf;
+}
+
 bool Expired(const v1::Message& m, int64_t now_unix_ms) {
   if (!m.has_expiry_interval_s()) return false;
   return m.publish_time_unix_ms() + int64_t{m.expiry_interval_s()} * 1000 <= now_unix_ms;
@@ -104,7 +113,7 @@ absl::Status PartitionStateMachine::Load() {
 }
 
 void PartitionStateMachine::StageState(rocksdb::WriteBatch* batch) {
-  batch->Put(engine_.handle(Family::kPartition), Key('S'), state_.SerializeAsString());
+  batch->Put(engine_.handle(Family::kPartition), Key('S'), Serialized(state_));
 }
 
 void PartitionStateMachine::ApplyOther(uint64_t index, rocksdb::WriteBatch* batch) {
@@ -184,7 +193,7 @@ absl::StatusOr<ApplyResult> PartitionStateMachine::Apply(uint64_t index, std::st
   for (uint64_t pid : dirty_producers_) {
     auto it = producers_.find(pid);
     if (it == producers_.end()) continue;
-    batch->Put(engine_.handle(Family::kPartition), ProducerKey(pid), it->second.SerializeAsString());
+    batch->Put(engine_.handle(Family::kPartition), ProducerKey(pid), Serialized(it->second));
   }
   dirty_producers_.clear();
   state_.set_applied_index(index);
@@ -235,7 +244,7 @@ v1::PublishResult PartitionStateMachine::ApplyMessage(v1::Message& m, int64_t no
   m.set_partition(partition_);
   m.set_offset(offset);
   m.set_publish_time_unix_ms(now);
-  std::string value = m.SerializeAsString();
+  const std::string_view value = Serialized(m);
   batch->Put(engine_.handle(Family::kPartition), MessageKey(offset), value);
   if (m.retain()) {
     // MQTT 5.0 §3.3.1.3: an empty retained payload removes the retained message; the message

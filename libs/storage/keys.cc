@@ -60,11 +60,21 @@ std::string RaftStateKey(uint64_t group, char kind) {
   return k;
 }
 
+void EncodeEntryHeader(const raft::Entry& e, char out[kEntryHeaderBytes]) {
+  uint64_t term = e.term;
+  for (int i = 7; i >= 0; --i) {
+    out[i] = static_cast<char>(term & 0xff);
+    term >>= 8;
+  }
+  out[8] = static_cast<char>(e.type);
+}
+
 std::string EncodeEntryValue(const raft::Entry& e) {
+  char header[kEntryHeaderBytes];
+  EncodeEntryHeader(e, header);
   std::string v;
-  v.reserve(9 + e.data.size());
-  PutU64(&v, e.term);
-  v.push_back(static_cast<char>(e.type));
+  v.reserve(kEntryHeaderBytes + e.data.size());
+  v.append(header, kEntryHeaderBytes);
   v.append(e.data);
   return v;
 }

@@ -28,6 +28,10 @@ std::string RaftLogKey(uint64_t group, uint64_t index);
 uint64_t RaftLogKeyIndex(std::string_view key);
 std::string RaftStateKey(uint64_t group, char kind);
 
+// A log entry's value: [term u64][type u8][data]. The header alone is what a writer puts
+// before the data without copying it (rocksdb::SliceParts).
+inline constexpr size_t kEntryHeaderBytes = 9;
+void EncodeEntryHeader(const raft::Entry& e, char out[kEntryHeaderBytes]);
 std::string EncodeEntryValue(const raft::Entry& e);
 absl::StatusOr<raft::Entry> DecodeEntryValue(uint64_t index, std::string_view value);
 

@@ -149,7 +149,15 @@ absl::Status RaftLogStore::Append(absl::Span<const raft::Entry> entries,
     batch->Delete(engine_.handle(Family::kRaftLog), RaftLogKey(group_, i));
   }
   for (const raft::Entry& e : entries) {
-    batch->Put(engine_.handle(Family::kRaftLog), RaftLogKey(group_, e.index), EncodeEntryValue(e));
+    // Header and data go into the batch as two parts: the data is copied once, into the batch.
+    const std::string key = RaftLogKey(group_, e.index);
+    char header[kEntryHeaderBytes];
+    EncodeEntryHeader(e, header);
+    const rocksdb::Slice key_part(key);
+    const rocksdb::Slice value_parts[2] = {rocksdb::Slice(header, kEntryHeaderBytes),
+                                           rocksdb::Slice(e.data)};
+    batch->Put(engine_.handle(Family::kRaftLog), rocksdb::SliceParts(&key_part, 1),
+               rocksdb::SliceParts(value_parts, 2));
   }
   // In-memory view.
   TruncateTermRunsAfter(first - 1);
