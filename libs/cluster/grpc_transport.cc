@@ -219,7 +219,7 @@ void GrpcRaftTransport::Send(GroupId group, raft::Message message) {
   }
   v1::GroupMessage* gm = batch.add_messages();
   gm->set_group_id(group);
-  ToProto(message, gm->mutable_message());
+  ToProto(std::move(message), gm->mutable_message());
 }
 
 void GrpcRaftTransport::SendQuiesce(GroupId group, raft::Message heartbeat) {
@@ -411,8 +411,8 @@ grpc::Status RaftTransportService::Stream(
     for (const v1::GroupHeartbeatResponse& r : batch.heartbeat_responses()) {
       in.push_back({r.group_id(), expand(raft::MessageType::kHeartbeatResp, r.term(), 0), false});
     }
-    for (const v1::GroupMessage& gm : batch.messages()) {
-      auto m = FromProto(gm.message());
+    for (v1::GroupMessage& gm : *frame.mutable_batch()->mutable_messages()) {
+      auto m = FromProto(std::move(*gm.mutable_message()));
       if (!m.ok() || m->from != from || m->to != self_) continue;  // malformed or misrouted
       in.push_back({gm.group_id(), std::move(*m), false});
     }

@@ -1,5 +1,8 @@
 #include "libs/cluster/raft_wire.h"
 
+#include <type_traits>
+#include <utility>
+
 #include "libs/common/strings.h"
 
 namespace herald::cluster {
@@ -29,9 +32,11 @@ void ConfToProto(const raft::ConfState& cs, v1::RaftConfState* out) {
   for (auto id : cs.learners) out->add_learners(id);
 }
 
-}  // namespace
-
-void ToProto(const raft::Message& m, v1::RaftMessage* out) {
+// The copying and the moving conversions: a moved-from message gives up its entries' data and
+// context instead of having them copied (replicated entries are most of the bytes).
+template <typename M>
+void ToProtoImpl(M&& m, v1::RaftMessage* out) {
+  constexpr bool kMove = !std::is_lvalue_reference_v<M>;
   for (const auto& t : kTypes) {
     if (t.raft == m.type) out->set_type(t.wire);
   }
@@ -43,15 +48,23 @@ void ToProto(const raft::Message& m, v1::RaftMessage* out) {
   out->set_commit(m.commit);
   out->set_reject(m.reject);
   out->set_reject_hint(m.reject_hint);
-  out->set_context(m.context);
+  if constexpr (kMove) {
+    out->set_context(std::move(m.context));
+  } else {
+    out->set_context(m.context);
+  }
   out->mutable_entries()->Reserve(static_cast<int>(m.entries.size()));
-  for (const raft::Entry& e : m.entries) {
+  for (auto& e : m.entries) {
     v1::RaftEntry* pe = out->add_entries();
     pe->set_term(e.term);
     pe->set_index(e.index);
     pe->set_type(e.type == raft::EntryType::kConfChange ? v1::RAFT_ENTRY_TYPE_CONF_CHANGE
                                                         : v1::RAFT_ENTRY_TYPE_NORMAL);
-    pe->set_data(e.data);
+    if constexpr (kMove) {
+      pe->set_data(std::move(e.data));
+    } else {
+      pe->set_data(e.data);
+    }
   }
   if (m.snapshot) {
     v1::RaftSnapshotMetadata* md = out->mutable_snapshot();
@@ -61,7 +74,9 @@ void ToProto(const raft::Message& m, v1::RaftMessage* out) {
   }
 }
 
-absl::StatusOr<raft::Message> FromProto(const v1::RaftMessage& p) {
+template <typename P>
+absl::StatusOr<raft::Message> FromProtoImpl(P&& p) {
+  constexpr bool kMove = !std::is_lvalue_reference_v<P>;
   raft::Message m;
   bool known = false;
   for (const auto& t : kTypes) {
@@ -82,15 +97,24 @@ absl::StatusOr<raft::Message> FromProto(const v1::RaftMessage& p) {
   m.commit = p.commit();
   m.reject = p.reject();
   m.reject_hint = p.reject_hint();
-  m.context = p.context();
+  if constexpr (kMove) {
+    m.context = std::move(*p.mutable_context());
+  } else {
+    m.context = p.context();
+  }
   m.entries.reserve(p.entries_size());
-  for (const v1::RaftEntry& pe : p.entries()) {
+  for (int i = 0; i < p.entries_size(); ++i) {
+    const v1::RaftEntry& pe = p.entries(i);
     raft::Entry e;
     e.term = pe.term();
     e.index = pe.index();
     e.type = pe.type() == v1::RAFT_ENTRY_TYPE_CONF_CHANGE ? raft::EntryType::kConfChange
                                                           : raft::EntryType::kNormal;
-    e.data = pe.data();
+    if constexpr (kMove) {
+      e.data = std::move(*p.mutable_entries(i)->mutable_data());
+    } else {
+      e.data = pe.data();
+    }
     m.entries.push_back(std::move(e));
   }
   if (m.type == raft::MessageType::kSnapshot) {
@@ -106,6 +130,15 @@ absl::StatusOr<raft::Message> FromProto(const v1::RaftMessage& p) {
     m.snapshot = std::move(snap);
   }
   return m;
+}
+
+}  // namespace
+
+void ToProto(const raft::Message& m, v1::RaftMessage* out) { ToProtoImpl(m, out); }
+void ToProto(raft::Message&& m, v1::RaftMessage* out) { ToProtoImpl(std::move(m), out); }
+absl::StatusOr<raft::Message> FromProto(const v1::RaftMessage& p) { return FromProtoImpl(p); }
+absl::StatusOr<raft::Message> FromProto(v1::RaftMessage&& p) {
+  return FromProtoImpl(std::move(p));
 }
 
 }  // namespace herald::cluster
