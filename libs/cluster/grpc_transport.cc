@@ -369,10 +369,50 @@ RaftTransportService::RaftTransportService(std::string cluster_id, raft::NodeId 
       deliver_(std::move(deliver)),
       heard_(std::move(heard)) {}
 
-grpc::Status RaftTransportService::Stream(
-    grpc::ServerContext* ctx, grpc::ServerReaderWriter<v1::RaftFrame, v1::RaftFrame>* stream) {
-  v1::RaftFrame frame;
-  if (!stream->Read(&frame) || !frame.has_hello()) {
+// One peer's stream, on gRPC's callback API: each frame is handled on the gRPC thread that read
+// it (no thread per stream to wake), and handed to the host with one wake-up per batch.
+class RaftTransportService::StreamReactor final
+    : public grpc::ServerBidiReactor<v1::RaftFrame, v1::RaftFrame> {
+ public:
+  explicit StreamReactor(RaftTransportService* service) : service_(service) {
+    StartRead(&frame_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {
+      Finish(grpc::Status::OK);  // the peer closed the stream (or it was cancelled)
+      return;
+    }
+    if (!hello_done_) {
+      grpc::Status st = service_->CheckHello(frame_, &from_);
+      if (!st.ok()) {
+        Finish(st);
+        return;
+      }
+      hello_done_ = true;
+    } else if (frame_.has_batch()) {
+      service_->HandleBatch(from_, &frame_);
+    }
+    StartRead(&frame_);
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  RaftTransportService* const service_;
+  v1::RaftFrame frame_;
+  bool hello_done_ = false;
+  raft::NodeId from_ = 0;
+};
+
+grpc::ServerBidiReactor<v1::RaftFrame, v1::RaftFrame>* RaftTransportService::Stream(
+    grpc::CallbackServerContext*) {
+  return new StreamReactor(this);
+}
+
+grpc::Status RaftTransportService::CheckHello(const v1::RaftFrame& frame,
+                                              raft::NodeId* from) const {
+  if (!frame.has_hello()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "first frame must be a hello");
   }
   const v1::RaftHello& hello = frame.hello();
@@ -385,40 +425,40 @@ grpc::Status RaftTransportService::Stream(
                         "stream addressed to node " + std::to_string(hello.peer_node_id()) +
                             ", this is node " + std::to_string(self_));
   }
-  const raft::NodeId from = hello.node_id();
-  while (stream->Read(&frame)) {
-    if (!frame.has_batch()) continue;
-    const v1::RaftBatch& batch = frame.batch();
-    if (heard_) heard_(from);
-    // raft.proto: heartbeats, then heartbeat responses, then messages.
-    // A coalesced entry carries everything its message had (see GrpcRaftTransport::Send).
-    auto expand = [&](raft::MessageType type, uint64_t term, uint64_t commit) {
-      raft::Message m;
-      m.type = type;
-      m.from = from;
-      m.to = self_;
-      m.term = term;
-      m.commit = commit;
-      return m;
-    };
-    std::vector<RaftHost::Inbound> in;
-    in.reserve(batch.heartbeats_size() + batch.heartbeat_responses_size() +
-               batch.messages_size());
-    for (const v1::GroupHeartbeat& hb : batch.heartbeats()) {
-      in.push_back({hb.group_id(), expand(raft::MessageType::kHeartbeat, hb.term(), hb.commit()),
-                    hb.quiesce()});
-    }
-    for (const v1::GroupHeartbeatResponse& r : batch.heartbeat_responses()) {
-      in.push_back({r.group_id(), expand(raft::MessageType::kHeartbeatResp, r.term(), 0), false});
-    }
-    for (v1::GroupMessage& gm : *frame.mutable_batch()->mutable_messages()) {
-      auto m = FromProto(std::move(*gm.mutable_message()));
-      if (!m.ok() || m->from != from || m->to != self_) continue;  // malformed or misrouted
-      in.push_back({gm.group_id(), std::move(*m), false});
-    }
-    deliver_(std::move(in));
-  }
+  *from = hello.node_id();
   return grpc::Status::OK;
+}
+
+void RaftTransportService::HandleBatch(raft::NodeId from, v1::RaftFrame* frame) {
+  const v1::RaftBatch& batch = frame->batch();
+  if (heard_) heard_(from);
+  // raft.proto: heartbeats, then heartbeat responses, then messages.
+  // A coalesced entry carries everything its message had (see GrpcRaftTransport::Send).
+  auto expand = [&](raft::MessageType type, uint64_t term, uint64_t commit) {
+    raft::Message m;
+    m.type = type;
+    m.from = from;
+    m.to = self_;
+    m.term = term;
+    m.commit = commit;
+    return m;
+  };
+  std::vector<RaftHost::Inbound> in;
+  in.reserve(batch.heartbeats_size() + batch.heartbeat_responses_size() +
+             batch.messages_size());
+  for (const v1::GroupHeartbeat& hb : batch.heartbeats()) {
+    in.push_back({hb.group_id(), expand(raft::MessageType::kHeartbeat, hb.term(), hb.commit()),
+                  hb.quiesce()});
+  }
+  for (const v1::GroupHeartbeatResponse& r : batch.heartbeat_responses()) {
+    in.push_back({r.group_id(), expand(raft::MessageType::kHeartbeatResp, r.term(), 0), false});
+  }
+  for (v1::GroupMessage& gm : *frame->mutable_batch()->mutable_messages()) {
+    auto m = FromProto(std::move(*gm.mutable_message()));
+    if (!m.ok() || m->from != from || m->to != self_) continue;  // malformed or misrouted
+    in.push_back({gm.group_id(), std::move(*m), false});
+  }
+  deliver_(std::move(in));
 }
 
 grpc::Status RaftTransportService::InstallSnapshot(grpc::ServerContext*,

@@ -81,7 +81,9 @@ class GrpcRaftTransport final : public Transport {
 };
 
 // Receives streams from peers and hands their messages to the local host.
-class RaftTransportService final : public v1::RaftTransport::Service {
+// Stream uses gRPC's callback API; InstallSnapshot, which blocks on the host, a thread per call.
+class RaftTransportService final
+    : public v1::RaftTransport::WithCallbackMethod_Stream<v1::RaftTransport::Service> {
  public:
   // Everything one received batch carried, for the local host, in order.
   using DeliverFn = std::function<void(std::vector<RaftHost::Inbound>)>;
@@ -92,13 +94,19 @@ class RaftTransportService final : public v1::RaftTransport::Service {
   // Where InstallSnapshot writes (set before serving); without it snapshots are refused.
   void set_host(RaftHost* host) { host_ = host; }
 
-  grpc::Status Stream(grpc::ServerContext* ctx,
-                      grpc::ServerReaderWriter<v1::RaftFrame, v1::RaftFrame>* stream) override;
+  grpc::ServerBidiReactor<v1::RaftFrame, v1::RaftFrame>* Stream(
+      grpc::CallbackServerContext* ctx) override;
   grpc::Status InstallSnapshot(grpc::ServerContext* ctx,
                                grpc::ServerReader<v1::SnapshotChunk>* reader,
                                v1::InstallSnapshotResponse* response) override;
 
  private:
+  class StreamReactor;
+  // The first frame of a stream: a hello for this cluster and node; sets *from.
+  grpc::Status CheckHello(const v1::RaftFrame& frame, raft::NodeId* from) const;
+  // A batch from node `from`: hands its messages to the host (moving their data out of it).
+  void HandleBatch(raft::NodeId from, v1::RaftFrame* frame);
+
   const std::string cluster_id_;
   const raft::NodeId self_;
   DeliverFn deliver_;
