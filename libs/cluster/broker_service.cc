@@ -63,13 +63,25 @@ void BrokerService::SetProposalError(const ProposalResult& r, GroupId group,
 
 void BrokerService::SetNotHosted(GroupId group, v1::ErrorInfo* error) const {
   const uint32_t partition = static_cast<uint32_t>(group - 1);  // GroupForPartition
-  std::vector<raft::NodeId> replicas = options_.directory->Replicas(partition);
-  if (replicas.empty()) {
+  std::vector<raft::NodeId> replicas;
+  if (partition < options_.partition_count) replicas = options_.directory->Replicas(partition);
+  // Another node (this one may be assigned a replica it has not created yet), preferably one
+  // this node hears from; among those, a different one each time, so that a client is not sent
+  // to the same dead node over and over.
+  std::vector<raft::NodeId> alive, others;
+  for (raft::NodeId r : replicas) {
+    if (r == options_.node_id) continue;
+    others.push_back(r);
+    if (host_.PeerAlive(r)) alive.push_back(r);
+  }
+  const std::vector<raft::NodeId>& pick = alive.empty() ? others : alive;
+  if (pick.empty()) {
     SetError(error, v1::ERROR_CODE_PARTITION_UNAVAILABLE,
              StrCat("partition ", partition, " is not hosted on this node"));
     return;
   }
-  SetNotLeader(replicas.front(), 0, error);
+  static std::atomic<uint64_t> turn{0};
+  SetNotLeader(pick[turn.fetch_add(1, std::memory_order_relaxed) % pick.size()], 0, error);
   error->set_message(StrCat("partition ", partition,
                             " is not hosted on this node; its replicas are on nodes ",
                             absl::StrJoin(replicas, ",")));

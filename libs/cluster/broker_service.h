@@ -27,6 +27,7 @@ namespace herald::cluster {
 
 struct BrokerServiceOptions {
   uint32_t partition_count = 8;
+  raft::NodeId node_id = 0;  // this node (never named in its own NOT_LEADER hints)
   // Node id -> its Broker API address ("host:port"), for NOT_LEADER hints.
   std::shared_ptr<NodeDirectory> directory = std::make_shared<NodeDirectory>();
   uint32_t max_messages_per_request = 10'000;

@@ -188,6 +188,7 @@ absl::Status CoreNode::Start(const std::string& data_dir) {
   BrokerServiceOptions bo;
   bo.partition_count = static_cast<uint32_t>(config_.partitions);
   bo.directory = directory_;
+  bo.node_id = config_.node_id;
   SessionManagerOptions so;
   so.node_id = config_.node_id;
   so.partition_count = bo.partition_count;

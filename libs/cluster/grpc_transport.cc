@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <atomic>
 
 #include "libs/cluster/raft_wire.h"
@@ -13,6 +14,9 @@ namespace herald::cluster {
 
 class GrpcRaftTransport::PeerSender {
  public:
+  // Queued batches merged into one frame stay under this (the receiver accepts 64 MiB).
+  static constexpr size_t kMaxMergedBytes = 8 << 20;
+
   PeerSender(raft::NodeId self, raft::NodeId peer, std::string cluster_id, std::string address,
              const std::shared_ptr<grpc::ChannelCredentials>& credentials, size_t max_queued)
       : self_(self),
@@ -82,19 +86,30 @@ class GrpcRaftTransport::PeerSender {
           if (stop_) break;
           *frame.mutable_batch() = std::move(queue_.front());
           queue_.pop_front();
-          // Batches that queued while the last write ran go out as one: fewer writes and
-          // wake-ups under load. Each kind keeps its order; the receiver handles heartbeats,
-          // then their responses, then messages, which is safe across batches as within one
-          // (heartbeats never carry a commit beyond what the follower acknowledged).
+          // Batches that queued while the last write ran go out as one (up to kMaxMergedBytes):
+          // fewer writes and wake-ups under load. Each kind keeps its order; the receiver
+          // handles heartbeats, then their responses, then messages, which is safe across
+          // batches as within one (heartbeats never carry a commit beyond what the follower
+          // acknowledged). A batch with a quiesce heartbeat is not merged into one with
+          // messages it follows: the follower would quiesce, then be woken by older appends.
           v1::RaftBatch* into = frame.mutable_batch();
-          for (v1::RaftBatch& b : queue_) {
+          size_t bytes = into->ByteSizeLong();
+          while (!queue_.empty()) {
+            v1::RaftBatch& b = queue_.front();
+            const bool quiesce =
+                std::any_of(b.heartbeats().begin(), b.heartbeats().end(),
+                            [](const v1::GroupHeartbeat& h) { return h.quiesce(); });
+            if (quiesce && into->messages_size() > 0) break;
+            const size_t more = b.ByteSizeLong();
+            if (bytes + more > kMaxMergedBytes) break;
+            bytes += more;
             for (auto& x : *b.mutable_heartbeats()) *into->add_heartbeats() = std::move(x);
             for (auto& x : *b.mutable_heartbeat_responses()) {
               *into->add_heartbeat_responses() = std::move(x);
             }
             for (auto& x : *b.mutable_messages()) *into->add_messages() = std::move(x);
+            queue_.pop_front();
           }
-          queue_.clear();
         }
         if (!stream->Write(frame)) {
           dropped_.fetch_add(1);

@@ -181,7 +181,7 @@ std::map<raft::NodeId, std::string> NodeDirectory::Addresses() const {
 
 std::vector<raft::NodeId> NodeDirectory::Replicas(uint32_t partition) const {
   std::lock_guard<std::mutex> l(mu_);
-  if (static_cast<int>(partition) >= record_.assignments_size()) return {};
+  if (partition >= static_cast<uint32_t>(record_.assignments_size())) return {};
   const auto& r = record_.assignments(static_cast<int>(partition)).replicas();
   return {r.begin(), r.end()};
 }

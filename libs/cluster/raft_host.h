@@ -240,6 +240,9 @@ class RaftHost {
   // alive. Quiesced groups wake up when a member has not been heard from for an election
   // timeout. Thread-safe.
   void HeardFrom(raft::NodeId node);
+  // Whether `node` was heard from within an election timeout (always true for this node).
+  // Thread-safe.
+  bool PeerAlive(raft::NodeId node);
   // Proposes a PartitionCommand (serialized) on `group`; `done` runs on the host's thread once
   // the outcome is known. Thread-safe.
   void Propose(GroupId group, std::string command, ProposalCallback done);
@@ -322,8 +325,6 @@ class RaftHost {
   // Quiescence (host thread, once per tick): wakes quiesced groups that lost a member, and
   // quiesces idle groups this node leads.
   void TickQuiescence(int ticks);
-  // Whether `node` was heard from within an election timeout (always true for this node).
-  bool PeerAlive(raft::NodeId node);
   // Brings a replica woken because its leader's node is silent to the end of its lease.
   void RunDownElectionTimer(raft::Node& node);
   void Quiesce(Group& g);

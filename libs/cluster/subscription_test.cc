@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <set>
 #include <thread>
 
 #include "libs/cluster/broker_service.h"
@@ -305,6 +306,8 @@ TEST_F(SubscribeTest, NodeWithoutAReplicaRedirectsToOneOfThePartitionsReplicas) 
     v1::PartitionAssignment* a = rec.add_assignments();
     a->set_partition(p);
     if (p == absent) {
+      // This node is assigned too but has no replica yet: it must not name itself.
+      a->add_replicas(1);
       a->add_replicas(2);
       a->add_replicas(3);
     } else {
@@ -313,6 +316,7 @@ TEST_F(SubscribeTest, NodeWithoutAReplicaRedirectsToOneOfThePartitionsReplicas) 
   }
   BrokerServiceOptions bo;
   bo.partition_count = kPartitions + 1;
+  bo.node_id = 1;
   bo.directory = std::make_shared<NodeDirectory>();
   bo.directory->Update(rec);
   BrokerService service(*host_, bo);
@@ -324,11 +328,14 @@ TEST_F(SubscribeTest, NodeWithoutAReplicaRedirectsToOneOfThePartitionsReplicas) 
   ASSERT_NE(port, 0);
   auto stub = v1::Broker::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(port),
                                                       grpc::InsecureChannelCredentials()));
-  auto expect_redirect = [](const v1::ErrorInfo& e, const char* what) {
+  std::set<uint64_t> named;
+  auto expect_redirect = [&named](const v1::ErrorInfo& e, const char* what) {
     EXPECT_EQ(e.code(), v1::ERROR_CODE_NOT_LEADER) << what << ": " << e.message();
-    EXPECT_EQ(e.leader_hint().node_id(), 2u) << what;
-    EXPECT_EQ(e.leader_hint().endpoint().port(), 7102u) << what;
+    const uint64_t node = e.leader_hint().node_id();
+    EXPECT_TRUE(node == 2 || node == 3) << what << ": named node " << node;
+    EXPECT_EQ(e.leader_hint().endpoint().port(), 7100 + node) << what;
     EXPECT_EQ(e.leader_hint().term(), 0u) << what;
+    named.insert(node);
   };
 
   std::string topic;
@@ -366,6 +373,19 @@ TEST_F(SubscribeTest, NodeWithoutAReplicaRedirectsToOneOfThePartitionsReplicas) 
   ASSERT_TRUE(resp.has_stopped());
   expect_redirect(resp.stopped().error(), "subscribe");
   c3.TryCancel();
+  // Neither replica is heard from here: the hints take turns between them.
+  EXPECT_EQ(named, (std::set<uint64_t>{2, 3}));
+
+  // A partition number beyond the partition count is no partition at all.
+  grpc::ClientContext c4;
+  auto s2 = stub->Subscribe(&c4);
+  v1::SubscribeRequest beyond = start;
+  beyond.mutable_start()->mutable_partitions(0)->set_partition(0x80000001u);
+  ASSERT_TRUE(s2->Write(beyond));
+  ASSERT_TRUE(s2->Read(&resp));
+  ASSERT_TRUE(resp.has_stopped());
+  EXPECT_EQ(resp.stopped().error().code(), v1::ERROR_CODE_PARTITION_UNAVAILABLE);
+  c4.TryCancel();
   server->Shutdown(std::chrono::system_clock::now() + 1s);
 }
 

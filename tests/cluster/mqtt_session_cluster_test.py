@@ -59,6 +59,9 @@ def _exit_on_sigterm(signum, frame):
     raise SystemExit(128 + signum)  # runs the finally blocks that stop the processes
 
 
+_HANDED_OUT = set()  # ports free_port returned: each once per run
+
+
 def free_port():
     """A port free a moment ago, below the kernel's ephemeral range (as tests/support/process.cc
     PickFreePort): no port-0 listener or outgoing connection can take it before its server
@@ -70,9 +73,12 @@ def free_port():
         low = 32768
     for _ in range(100 if low - 10000 >= 1000 else 0):
         port = random.randrange(10000, low)
+        if port in _HANDED_OUT:
+            continue
         s = socket.socket()
         try:
             s.bind(("127.0.0.1", port))
+            _HANDED_OUT.add(port)
             return port
         except OSError:
             continue

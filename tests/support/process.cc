@@ -14,6 +14,7 @@
 #include <mutex>
 #include <random>
 #include <regex>
+#include <set>
 #include <thread>
 
 #include "libs/net/socket_address.h"
@@ -147,10 +148,14 @@ int PickFreePort() {
                             static_cast<uint32_t>(
                                 std::chrono::steady_clock::now().time_since_epoch().count()));
     static std::mutex mu;
+    static std::set<int> handed_out;  // a port is handed out once per process
     std::lock_guard<std::mutex> l(mu);
     for (int attempt = 0; attempt < 100; ++attempt) {
       int port = kFirst + static_cast<int>(rnd() % static_cast<uint32_t>(low - kFirst));
-      if (TryBind(port) == port) return port;
+      if (handed_out.count(port) == 0 && TryBind(port) == port) {
+        handed_out.insert(port);
+        return port;
+      }
     }
   }
   return TryBind(0);

@@ -231,6 +231,10 @@ struct Publisher {
       Next();
       return;
     }
+    if (stop->load(std::memory_order_relaxed)) {
+      idle(this, false);  // the run is over: no retry (nobody would serve it)
+      return;
+    }
     // Sent to a follower that named the leader: go there at once. Anything else (no leader
     // yet, overload, a node down) is retried after a pause.
     if (redirected) {
