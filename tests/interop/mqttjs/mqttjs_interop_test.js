@@ -406,10 +406,13 @@ describe('herald (no auth)', () => {
 
         it('retained: Retain As Published keeps the retain flag on a live message', async () => {
           const topic = unique('retained/rap');
+          // Retain Handling 2: no retained-message lookup at SUBSCRIBE, so the only copy is the
+          // live one. (With a lookup, herald can answer it after the PUBLISH below was stored and
+          // deliver that message as retained before its live copy: a known gap, docs/mqtt.md.)
           const rap = await connect(herald.url, v, { label: 'rap=1 subscriber' });
-          await subscribeOk(rap, { [topic]: { qos: 1, rap: true } });
+          await subscribeOk(rap, { [topic]: { qos: 1, rap: true, rh: 2 } });
           const norap = await connect(herald.url, v, { label: 'rap=0 subscriber' });
-          await subscribeOk(norap, { [topic]: { qos: 1, rap: false } });
+          await subscribeOk(norap, { [topic]: { qos: 1, rap: false, rh: 2 } });
           const pub = await connect(herald.url, v, { label: 'publisher' });
           await publish(pub, topic, 'live-retained', { qos: 1, retain: true });
           const [a] = await rap.inbox.waitFor(1);
