@@ -617,7 +617,11 @@ void CoreClient::ProcessStopped(Stream* s, const v1::PartitionStopped& stopped) 
     if (stopped.error().code() == v1::ERROR_CODE_NOT_LEADER &&
         stopped.error().leader_hint().node_id() != 0) {
       target = LeaderIndexLocked(p, &stopped.error(), s->index);
-      if (target != s->index) delay = std::chrono::milliseconds(0);
+      // A hint with a term names the leader: go at once. A term-0 hint names a replica chosen by
+      // a node that holds none; it may redirect again, so not in a tight loop.
+      if (target != s->index) {
+        delay = std::chrono::milliseconds(stopped.error().leader_hint().term() != 0 ? 0 : 50);
+      }
     } else if (stopped.error().code() == v1::ERROR_CODE_NOT_LEADER) {
       target = (s->index + 1) % streams_.size();
     }
