@@ -405,6 +405,7 @@ grpc::Status AdminService::TransferLeadership(grpc::ServerContext* ctx,
                std::max<std::chrono::steady_clock::duration>(left, std::chrono::milliseconds(0));
   }
   host_.TransferLeadership(GroupForPartition(p), target);
+  auto last_request = std::chrono::steady_clock::now();
   uint64_t last_term = st.term;
   raft::NodeId last_leader = st.leader;
   while (true) {
@@ -416,6 +417,14 @@ grpc::Status AdminService::TransferLeadership(grpc::ServerContext* ctx,
         resp->set_leader_node_id(target);
         resp->set_term(last_term);
         return grpc::Status::OK;
+      }
+      // Raft gives a transfer up after an election timeout (the target did not catch up, or
+      // its TimeoutNow was lost, e.g. while its replica was still being created); ask again
+      // while this node still leads. Asking while a transfer to the target runs changes nothing.
+      if (view->status.role == raft::Role::kLeader &&
+          std::chrono::steady_clock::now() - last_request >= options_.transfer_retry_interval) {
+        host_.TransferLeadership(GroupForPartition(p), target);
+        last_request = std::chrono::steady_clock::now();
       }
     }
     if (ctx->IsCancelled()) {

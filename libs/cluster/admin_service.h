@@ -50,6 +50,8 @@ struct AdminServiceOptions {
   std::chrono::milliseconds default_transfer_timeout{5000};
   // How often TransferLeadership looks at the group while it waits.
   std::chrono::milliseconds transfer_poll_interval{20};
+  // How often a transfer that has not completed is requested again.
+  std::chrono::milliseconds transfer_retry_interval{500};
 };
 
 class AdminService final : public v1::Admin::Service {

@@ -1087,6 +1087,12 @@ void RaftHost::RunPass(Inbox& inbox) {
       stats_.leader_changes.fetch_add(1, std::memory_order_relaxed);
     }
     bool leader = g->node->role() == raft::Role::kLeader;
+    if (leader != g->was_leader) {
+      spdlog::info("raft group {}: {} in term {}", g->id,
+                   leader ? std::string("leading") : StrCat("no longer leading, leader ",
+                                                            g->node->leader()),
+                   g->node->term());
+    }
     if (g->was_leader && !leader) {
       FailPending(*g, absl::UnavailableError("leadership lost; outcome unknown"));
       g->compaction_proposed = 0;

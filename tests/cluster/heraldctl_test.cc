@@ -144,6 +144,19 @@ class HeraldctlTest : public ::testing::Test {
     return r.out;
   }
 
+  // Every node's log lines that contain `needle`, for failure messages.
+  static std::string NodeLogLines(const std::string& needle) {
+    std::string out;
+    for (int i = 0; i < kNodes; ++i) {
+      std::stringstream ss(cluster_->process(i)->log());
+      for (std::string line; std::getline(ss, line);) {
+        if (line.find(needle) == std::string::npos) continue;
+        out += "node " + std::to_string(i + 1) + ": " + line + "\n";
+      }
+    }
+    return out;
+  }
+
   static std::string* root_;
   static std::string* servers_;
   static testing::CoreCluster* cluster_;
@@ -205,7 +218,8 @@ TEST_F(HeraldctlTest, TransferLeaderMovesLeadershipAndPartitionsShowsIt) {
   uint64_t target = leader % kNodes + 1;
   CtlResult r = Ctl({"transfer-leader", "--partition=" + std::to_string(partition),
                      "--to=" + std::to_string(target)});
-  ASSERT_EQ(r.exit_code, 0) << r.out << r.err;
+  ASSERT_EQ(r.exit_code, 0) << r.out << r.err
+                            << NodeLogLines("raft group " + std::to_string(partition + 1) + ":");
   EXPECT_NE(r.out.find("leader is node " + std::to_string(target)), std::string::npos) << r.out;
   // The target leads as soon as the command returns; every node's view may lag a heartbeat, but
   // the merged view prefers the newest term.

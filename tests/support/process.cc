@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <netinet/in.h>
-#include <poll.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/socket.h>
@@ -27,11 +26,18 @@ namespace herald::testing {
 using namespace std::chrono_literals;
 
 Process::Process(const std::string& binary, const std::vector<std::string>& args) {
-  int fds[2];
-  if (::pipe2(fds, O_CLOEXEC) != 0) return;
+  // stderr goes to an unlinked file, not a pipe: a child that logs a lot never blocks on a
+  // full pipe while the test is busy elsewhere. The parent reads it at its own offset (pread).
+  err_fd_ = ::open("/tmp", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+  if (err_fd_ < 0) {
+    char tmpl[] = "/tmp/herald-process-log-XXXXXX";
+    err_fd_ = ::mkostemp(tmpl, O_CLOEXEC);
+    if (err_fd_ < 0) return;
+    ::unlink(tmpl);
+  }
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_adddup2(&fa, fds[1], 2);
+  posix_spawn_file_actions_adddup2(&fa, err_fd_, 2);
   std::vector<std::string> all = {binary};
   all.insert(all.end(), args.begin(), args.end());
   std::vector<char*> argv;
@@ -40,8 +46,6 @@ Process::Process(const std::string& binary, const std::vector<std::string>& args
   std::string path = std::string(HERALD_BIN_DIR) + "/" + binary;
   if (posix_spawn(&pid_, path.c_str(), &fa, nullptr, argv.data(), environ) != 0) pid_ = -1;
   posix_spawn_file_actions_destroy(&fa);
-  ::close(fds[1]);
-  err_fd_ = fds[0];
 }
 
 Process::~Process() {
@@ -52,6 +56,33 @@ Process::~Process() {
   if (err_fd_ >= 0) ::close(err_fd_);
 }
 
+bool Process::ReadMore() const {
+  if (err_fd_ < 0) return false;
+  char buf[16384];
+  bool got = false;
+  ssize_t n;
+  while ((n = ::pread(err_fd_, buf, sizeof(buf), static_cast<off_t>(read_offset_))) > 0) {
+    pending_.append(buf, static_cast<size_t>(n));
+    log_.append(buf, static_cast<size_t>(n));
+    read_offset_ += static_cast<size_t>(n);
+    got = true;
+  }
+  return got;
+}
+
+bool Process::Exited() const {
+  if (pid_ <= 0 || exited_) return true;
+  siginfo_t info{};
+  // WNOWAIT: look without reaping; Wait() still collects the status.
+  return ::waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+         info.si_pid == pid_;
+}
+
+const std::string& Process::log() const {
+  ReadMore();
+  return log_;
+}
+
 std::string Process::WaitForLine(const std::string& pattern, std::chrono::milliseconds timeout) {
   std::regex re(pattern);
   auto deadline = std::chrono::steady_clock::now() + timeout;
@@ -60,19 +91,17 @@ std::string Process::WaitForLine(const std::string& pattern, std::chrono::millis
     while ((nl = pending_.find('\n')) != std::string::npos) {
       std::string line = pending_.substr(0, nl);
       pending_.erase(0, nl + 1);
-      log_ += line + "\n";
       std::smatch m;
       if (std::regex_search(line, m, re)) return m.size() > 1 ? m[1].str() : m[0].str();
     }
-    auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-        deadline - std::chrono::steady_clock::now());
-    if (left <= 0ms) return "";
-    pollfd p{err_fd_, POLLIN, 0};
-    if (::poll(&p, 1, static_cast<int>(left.count())) <= 0) return "";
-    char buf[4096];
-    ssize_t n = ::read(err_fd_, buf, sizeof(buf));
-    if (n <= 0) return "";
-    pending_.append(buf, static_cast<size_t>(n));
+    if (ReadMore()) continue;
+    // Nothing new: the child exited (after a last look at its output), or wait a little.
+    if (Exited()) {
+      if (ReadMore()) continue;
+      return "";
+    }
+    if (std::chrono::steady_clock::now() >= deadline) return "";
+    std::this_thread::sleep_for(5ms);
   }
 }
 
@@ -95,13 +124,7 @@ void Process::Signal(int sig) {
   if (pid_ > 0 && !exited_) ::kill(pid_, sig);
 }
 
-void Process::DrainStderr() {
-  char buf[4096];
-  ssize_t n;
-  while ((n = ::read(err_fd_, buf, sizeof(buf))) > 0) pending_.append(buf, static_cast<size_t>(n));
-  log_ += pending_;
-  pending_.clear();
-}
+void Process::DrainStderr() { ReadMore(); }
 
 std::string HttpGet(const std::string& address, const std::string& path) {
   auto addr = net::SocketAddress::Parse(address);

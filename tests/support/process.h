@@ -9,8 +9,8 @@
 
 namespace herald::testing {
 
-// A child process (a binary of build/bin) whose stderr is captured through a pipe. Killed with
-// SIGKILL on destruction if still running.
+// A child process (a binary of build/bin) whose stderr is captured in an unlinked file.
+// Killed with SIGKILL on destruction if still running.
 class Process {
  public:
   Process(const std::string& binary, const std::vector<std::string>& args);
@@ -27,15 +27,21 @@ class Process {
   void Signal(int sig);
   pid_t pid() const { return pid_; }
   bool running() const { return pid_ > 0 && !exited_; }
-  // Everything read from stderr so far.
-  const std::string& log() const { return log_; }
+  // Everything the child wrote to stderr so far.
+  const std::string& log() const;
 
  private:
+  // Appends what the child wrote since the last read to pending_ (lines WaitForLine has not
+  // looked at) and log_ (everything); false if nothing.
+  bool ReadMore() const;
+  // The child has exited (whether or not Wait collected it).
+  bool Exited() const;
   void DrainStderr();
   pid_t pid_ = -1;
-  int err_fd_ = -1;
+  int err_fd_ = -1;  // the child's stderr: an unlinked file
   bool exited_ = false;
-  std::string pending_, log_;
+  mutable size_t read_offset_ = 0;
+  mutable std::string pending_, log_;
 };
 
 // GET `path` from "host:port" with Connection: close; the raw response, "" on failure.
