@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -22,6 +23,17 @@ namespace herald::edge {
 // session was taken over: ErrorCode FENCED), NOT_FOUND when the session no longer exists,
 // UNAVAILABLE / DEADLINE_EXCEEDED when the core could not be reached in time (outcome unknown;
 // every session mutation is idempotent, so it may be retried).
+// The answer to a retained lookup.
+struct RetainedMessages {
+  // One per topic, sorted by topic, each with its partition and offset.
+  std::vector<v1::Message> messages;
+  // Per partition of `messages`: this edge's LivePosition offset when the lookup completed, if
+  // it is in the epoch the lookup read. Live deliveries of the messages at or before it were
+  // handed to the delivery callback before `done` runs; a message after it is delivered live
+  // to every subscription applied before the lookup started. Absent: unknown.
+  std::map<uint32_t, uint64_t> live_through;
+};
+
 class CoreApi {
  public:
   virtual ~CoreApi() = default;
@@ -47,7 +59,7 @@ class CoreApi {
                      std::function<void(absl::StatusOr<v1::FetchResult>)> done) = 0;
   // Every retained message matching `filters`, from all partitions (at most `max_messages`).
   virtual void GetRetained(std::vector<std::string> filters, uint32_t max_messages,
-                           std::function<void(absl::StatusOr<std::vector<v1::Message>>)> done) = 0;
+                           std::function<void(absl::StatusOr<RetainedMessages>)> done) = 0;
 
   // MQTT persistent sessions (broker.proto), routed to the leader of the session's partition.
   // An opened session's lease is renewed by the implementation until CloseSession or until a

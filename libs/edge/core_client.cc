@@ -526,7 +526,16 @@ bool CoreClient::WaitUntilAttached(std::chrono::milliseconds timeout) {
 
 void CoreClient::ChangeAppliedLocked(Stream* s, const v1::SubscribeChangeApplied& applied) {
   for (const auto& pos : applied.switch_positions()) {
-    if (s->partitions.contains(pos.partition())) s->attached.insert(pos.partition());
+    if (!s->partitions.contains(pos.partition())) continue;
+    s->attached.insert(pos.partition());
+    // The core switched filter sets after sending every delivery up to this position, and
+    // those were handed to the delivery callback before this event: live delivery has been
+    // evaluated through it.
+    auto it = resume_.find(pos.partition());
+    if (it == resume_.end() ||
+        (it->second.epoch() == pos.epoch() && it->second.offset() < pos.offset())) {
+      RecordPositionLocked(s, pos.partition(), pos.epoch(), pos.offset());
+    }
   }
   cv_.notify_all();
   auto it = s->changes.find(applied.change_id());
@@ -887,13 +896,13 @@ struct CoreClient::RetainedScan {
   uint32_t max_messages = 0;
   size_t partitions_left = 0;
   std::vector<v1::Message> messages;
+  std::map<uint32_t, uint64_t> epochs;  // epoch each partition's results were read in
   absl::Status status;
-  std::function<void(absl::StatusOr<std::vector<v1::Message>>)> done;
+  std::function<void(absl::StatusOr<RetainedMessages>)> done;
 };
 
-void CoreClient::GetRetained(
-    std::vector<std::string> filters, uint32_t max_messages,
-    std::function<void(absl::StatusOr<std::vector<v1::Message>>)> done) {
+void CoreClient::GetRetained(std::vector<std::string> filters, uint32_t max_messages,
+                             std::function<void(absl::StatusOr<RetainedMessages>)> done) {
   auto scan = std::make_shared<RetainedScan>();
   // A filter without wildcards names one topic, which lives in one partition.
   std::set<uint32_t> parts;
@@ -910,7 +919,7 @@ void CoreClient::GetRetained(
   scan->done = std::move(done);
   scan->partitions_left = parts.size();
   if (parts.empty()) {
-    scan->done(std::vector<v1::Message>{});
+    scan->done(RetainedMessages{});
     return;
   }
   for (uint32_t p : parts) {
@@ -939,6 +948,9 @@ void CoreClient::GetRetained(
           if (scan->status.ok()) scan->status = resp.status();
         } else if (resp->results_size() > 0) {
           v1::RetainedResult& r = *resp->mutable_results(0);
+          // Pages of one partition read in different epochs: positions cannot be compared.
+          auto [e, fresh] = scan->epochs.emplace(r.partition(), r.epoch());
+          if (!fresh && e->second != r.epoch()) e->second = 0;
           for (auto& m : *r.mutable_messages()) {
             if (scan->messages.size() >= scan->max_messages) break;
             scan->messages.push_back(std::move(m));
@@ -958,9 +970,19 @@ void CoreClient::GetRetained(
         return;
       }
       if (!scan->status.ok()) return scan->done(scan->status);
-      std::sort(scan->messages.begin(), scan->messages.end(),
+      RetainedMessages out;
+      out.messages = std::move(scan->messages);
+      std::sort(out.messages.begin(), out.messages.end(),
                 [](const v1::Message& a, const v1::Message& b) { return a.topic() < b.topic(); });
-      scan->done(std::move(scan->messages));
+      // Read after every page arrived: deliveries up to these positions already reached the
+      // delivery callback, so they come before whatever `done` posts.
+      for (const auto& [p, epoch] : scan->epochs) {
+        std::optional<v1::PartitionPosition> live = LivePosition(p);
+        if (epoch != 0 && live.has_value() && live->epoch() == epoch) {
+          out.live_through[p] = live->offset();
+        }
+      }
+      scan->done(std::move(out));
     };
     CallLeader(call);
   }

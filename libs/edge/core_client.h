@@ -104,7 +104,7 @@ class CoreClient final : public CoreApi {
              std::vector<std::string> filters, uint32_t max_messages,
              std::function<void(absl::StatusOr<v1::FetchResult>)> done) override;
   void GetRetained(std::vector<std::string> filters, uint32_t max_messages,
-                   std::function<void(absl::StatusOr<std::vector<v1::Message>>)> done) override;
+                   std::function<void(absl::StatusOr<RetainedMessages>)> done) override;
   void OpenSession(v1::OpenSessionRequest request,
                    std::function<void(absl::StatusOr<v1::OpenSessionResponse>)> done) override;
   void UpdateSession(v1::SessionUpdate update,

@@ -302,6 +302,7 @@ class MqttSession final : public MqttServer::Endpoint {
       return;
     }
     const v1::Message& m = *out.message;
+    if (out.shared_key.empty() && m.offset() != 0) SeenWhileLooking(m.partition(), m.offset());
     if (persistent_ && out.shared_key.empty() && m.offset() != 0) {
       uint32_t p = m.partition();
       if (auto it = P().catchup.find(p); it != P().catchup.end()) {
@@ -500,6 +501,8 @@ class MqttSession final : public MqttServer::Endpoint {
   void SubscribeReady(mqtt::Suback suback, std::vector<std::string> retained_filters,
                       std::vector<std::pair<size_t, std::string>> added,
                       const absl::Status& stored) {
+    // On(Subscribe) counted a retained lookup for this SUBSCRIBE.
+    const bool lookup_counted = !retained_filters.empty();
     if (closing_) return;
     if (absl::IsFailedPrecondition(stored) || absl::IsNotFound(stored)) {
       Fenced();
@@ -526,7 +529,46 @@ class MqttSession final : public MqttServer::Endpoint {
     Send(std::move(suback));
     // A persistent session is owed the new filters' messages from here on: record where.
     if (persistent_) StartCommit();
-    if (!retained_filters.empty()) SendRetained(std::move(retained_filters));
+    if (!retained_filters.empty()) {
+      SendRetained(std::move(retained_filters));
+    } else if (lookup_counted) {
+      EndRetainedLookup();
+    }
+  }
+
+  void SeenWhileLooking(uint32_t partition, uint64_t offset) {
+    if (extra_ && extra_->retained_lookups > 0) {
+      extra_->seen_while_looking.emplace(partition, offset);
+    }
+  }
+
+  void EndRetainedLookup() {
+    if (!extra_ || extra_->retained_lookups == 0) return;
+    if (--extra_->retained_lookups == 0) extra_->seen_while_looking.clear();
+  }
+
+  // The core's answer to a SUBSCRIBE's retained lookup (sent after the SUBACK). A retained
+  // message published once the subscription was in place is not a retained message for it
+  // (§3.3.1.3: RETAIN 1 only for messages sent because of a new subscription): it arrives, or
+  // arrived, live, and is not sent twice.
+  void CoreRetainedFound(std::vector<std::string> filters, RetainedMessages r) {
+    std::vector<v1::Message> keep;
+    keep.reserve(r.messages.size());
+    for (auto& m : r.messages) {
+      if (m.offset() != 0) {
+        const uint32_t p = m.partition();
+        if (extra_ && extra_->seen_while_looking.count({p, m.offset()})) continue;  // came live
+        auto live = r.live_through.find(p);
+        if (live != r.live_through.end() && m.offset() > live->second) continue;  // comes live
+        if (ps_) {
+          auto c = ps_->catchup.find(p);
+          if (c != ps_->catchup.end() && m.offset() > c->second.pos.offset()) continue;
+        }
+      }
+      keep.push_back(std::move(m));
+    }
+    RetainedFound(std::move(filters), std::move(keep));
+    EndRetainedLookup();
   }
 
   void RetainedFound(std::vector<std::string> filters, std::vector<v1::Message> messages) {
@@ -568,6 +610,7 @@ class MqttSession final : public MqttServer::Endpoint {
       std::optional<OutMessage> out = MatchOwn(m, nullptr, false);
       if (!out) continue;
       m.set_partition(partition);
+      SeenWhileLooking(partition, m.offset());
       out->message = std::make_shared<const v1::Message>(std::move(m));
       out->from_log = true;
       Enqueue(std::move(*out), /*enforce_quota=*/false);
@@ -1261,6 +1304,8 @@ class MqttSession final : public MqttServer::Endpoint {
       std::vector<std::pair<size_t, std::string>> added;
       absl::Status stored;
     };
+    // From here on, what this session receives live is recorded until the lookup is answered.
+    if (!retained.empty()) ++X().retained_lookups;
     auto w = std::make_shared<Waiting>();
     w->ack = std::move(ack);
     w->retained = std::move(retained);
@@ -1413,21 +1458,24 @@ class MqttSession final : public MqttServer::Endpoint {
     if (!sys.empty()) RetainedFound(filters, std::move(sys));
     auto st = loop_state_;
     uint64_t sid = id_;
+    bool asked = false;
     hub_->WithCore([&](CoreApi* core) {
       if (core == nullptr) return;
+      asked = true;
       core->GetRetained(
-          inner, 10000,
-          [st, sid, filters](absl::StatusOr<std::vector<v1::Message>> r) mutable {
+          inner, 10000, [st, sid, filters](absl::StatusOr<RetainedMessages> r) mutable {
             if (!r.ok()) {
               spdlog::warn("mqtt: retained lookup failed: {}", r.status());
+              RunOnSession(st, sid, [](MqttSession& s) { s.EndRetainedLookup(); });
               return;
             }
             RunOnSession(st, sid,
                          [filters = std::move(filters), m = std::move(*r)](MqttSession& s) mutable {
-                           s.RetainedFound(std::move(filters), std::move(m));
+                           s.CoreRetainedFound(std::move(filters), std::move(m));
                          });
           });
     });
+    if (!asked) EndRetainedLookup();
   }
 
   // What this session's subscriptions make of a message it reads itself (catch-up, retained):
@@ -1952,6 +2000,11 @@ class MqttSession final : public MqttServer::Endpoint {
     std::map<uint16_t, std::string> inbound_aliases;
     std::map<std::string, uint16_t> outbound_aliases;
     std::set<uint16_t> reserved_ids;  // in flight in the stored session, being resent
+    // Retained lookups of SUBSCRIBEs under way and, meanwhile, the log messages (partition,
+    // offset) this session received live or from its catch-up: the lookup does not send them
+    // again as retained messages.
+    int retained_lookups = 0;
+    std::set<std::pair<uint32_t, uint64_t>> seen_while_looking;
   };
   std::unique_ptr<Extra> extra_;
   Extra& X() {

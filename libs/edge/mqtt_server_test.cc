@@ -8,6 +8,7 @@
 
 #include <mutex>
 #include <set>
+#include <thread>
 
 #include "libs/net/test_util.h"
 #include "libs/protocol/mqtt/codec.h"
@@ -26,7 +27,11 @@ class FakeCore : public CoreApi {
                std::function<void(const absl::Status&)> done) override {
     {
       std::lock_guard<std::mutex> l(mu_);
-      for (const auto& m : messages) {
+      for (auto& m : messages) {
+        if (stamp_offsets_) {
+          m.set_partition(0);
+          m.set_offset(++last_offset_);
+        }
         published_.push_back(m);
         if (m.retain()) {
           if (m.payload().empty()) {
@@ -38,6 +43,14 @@ class FakeCore : public CoreApi {
       }
       if (fail_) {
         done(absl::UnavailableError("fake failure"));
+        return;
+      }
+    }
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (defer_deliveries_) {
+        for (auto& m : messages) deferred_.push_back(std::move(m));
+        if (done) done(absl::OkStatus());
         return;
       }
     }
@@ -75,14 +88,18 @@ class FakeCore : public CoreApi {
     done(absl::UnimplementedError("fake core has no log"));
   }
   void GetRetained(std::vector<std::string> filters, uint32_t,
-                   std::function<void(absl::StatusOr<std::vector<v1::Message>>)> done) override {
-    std::vector<v1::Message> out;
+                   std::function<void(absl::StatusOr<RetainedMessages>)> done) override {
+    RetainedMessages out;
     {
       std::lock_guard<std::mutex> l(mu_);
+      if (hold_retained_) {
+        held_.emplace_back(std::move(filters), std::move(done));
+        return;
+      }
       for (const auto& [topic, m] : retained_) {
         for (const auto& f : filters) {
           if (mqtt::TopicMatches(f, topic)) {
-            out.push_back(m);
+            out.messages.push_back(m);
             break;
           }
         }
@@ -109,6 +126,58 @@ class FakeCore : public CoreApi {
     std::lock_guard<std::mutex> l(mu_);
     return published_.size();
   }
+  // Published messages get partition 0 and offsets 1, 2, ...
+  void StampOffsets() {
+    std::lock_guard<std::mutex> l(mu_);
+    stamp_offsets_ = true;
+  }
+  // Retained lookups wait for AnswerRetained.
+  void HoldRetainedLookups() {
+    std::lock_guard<std::mutex> l(mu_);
+    hold_retained_ = true;
+  }
+  size_t HeldLookups() {
+    std::lock_guard<std::mutex> l(mu_);
+    return held_.size();
+  }
+  // Answers the oldest held lookup from the retained messages stored now, saying that live
+  // delivery of partition 0 was evaluated through `live_through`.
+  void AnswerRetained(uint64_t live_through) {
+    std::pair<std::vector<std::string>, std::function<void(absl::StatusOr<RetainedMessages>)>> h;
+    RetainedMessages out;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (held_.empty()) return;
+      h = std::move(held_.front());
+      held_.erase(held_.begin());
+      for (const auto& [topic, m] : retained_) {
+        for (const auto& f : h.first) {
+          if (mqtt::TopicMatches(f, topic)) {
+            out.messages.push_back(m);
+            break;
+          }
+        }
+      }
+    }
+    out.live_through[0] = live_through;
+    h.second(std::move(out));
+  }
+  // Publishes are committed (and acknowledged) but reach subscribers at FlushDeliveries only.
+  void DeferDeliveries(bool on) {
+    std::lock_guard<std::mutex> l(mu_);
+    defer_deliveries_ = on;
+  }
+  void FlushDeliveries() {
+    std::vector<v1::Message> batch;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      batch = std::move(deferred_);
+      deferred_.clear();
+    }
+    std::vector<v1::Message*> ptrs;
+    for (auto& m : batch) ptrs.push_back(&m);
+    if (server_ != nullptr) server_->Deliver(ptrs);
+  }
   int FilterRefs(const std::string& f) {
     std::lock_guard<std::mutex> l(mu_);
     return filters_.count(f) ? filters_[f] : 0;
@@ -126,6 +195,14 @@ class FakeCore : public CoreApi {
   std::map<std::string, int> filters_;
   std::map<std::string, v1::Message> retained_;
   bool fail_ = false;
+  bool stamp_offsets_ = false;
+  uint64_t last_offset_ = 0;
+  bool hold_retained_ = false;
+  std::vector<
+      std::pair<std::vector<std::string>, std::function<void(absl::StatusOr<RetainedMessages>)>>>
+      held_;
+  bool defer_deliveries_ = false;
+  std::vector<v1::Message> deferred_;
 };
 
 // A blocking MQTT client on a raw socket.
@@ -376,6 +453,66 @@ TEST_P(MqttServerTest, RetainedMessageIsSentOnSubscribeAndDeletedByEmptyPayload)
   late->Subscribe("r/+", QoS::kAtLeastOnce);
   late->Send(mqtt::Pingreq{});
   late->Expect<mqtt::Pingresp>();  // no retained message: it was deleted
+}
+
+// §3.3.1.3: RETAIN 1 only for a retained message sent because of a new subscription. The lookup
+// runs after the SUBACK; what was published once the subscription was in place is delivered
+// live, once, whether the lookup answers before or after the live copy arrives.
+TEST_P(MqttServerTest, RetainedLookupAnsweredLateDoesNotRepeatLiveMessages) {
+  core_.StampOffsets();
+  core_.HoldRetainedLookups();
+  auto pub = NewClient(version());
+  pub->Connect("pub");
+  auto publish_retained = [&](const std::string& topic, size_t published) {
+    pub->Send(mqtt::Publish{.retain = true, .topic = topic, .payload = topic});
+    for (int i = 0; i < 300 && core_.PublishedCount() < published; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ASSERT_EQ(core_.PublishedCount(), published);
+  };
+  auto expect_only = [](Client& c, std::vector<std::pair<std::string, bool>> want) {
+    for (const auto& [topic, retain] : want) {
+      auto p = c.Expect<mqtt::Publish>();
+      EXPECT_EQ(p.topic, topic);
+      EXPECT_EQ(p.retain, retain) << topic;
+    }
+    c.Send(mqtt::Pingreq{});
+    c.Expect<mqtt::Pingresp>();  // and nothing else
+  };
+  publish_retained("t/old", 1);  // offset 1, before anyone subscribed
+
+  // The live copy arrives first, the lookup's answer after it.
+  auto sub = NewClient(version());
+  sub->Connect("sub");
+  sub->Subscribe("t/#", QoS::kAtMostOnce);
+  for (int i = 0; i < 300 && core_.HeldLookups() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(core_.HeldLookups(), 1u);
+  publish_retained("t/new", 2);
+  auto live = sub->Expect<mqtt::Publish>();
+  EXPECT_EQ(live.topic, "t/new");
+  EXPECT_FALSE(live.retain);
+  core_.AnswerRetained(/*live_through=*/2);
+  expect_only(*sub, {{"t/old", true}});
+
+  // The lookup's answer arrives first, the live copy after it (the edge has evaluated live
+  // delivery through offset 2 only).
+  auto sub2 = NewClient(version());
+  sub2->Connect("sub2");
+  sub2->Subscribe("t/#", QoS::kAtMostOnce);
+  for (int i = 0; i < 300 && core_.HeldLookups() == 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_EQ(core_.HeldLookups(), 1u);
+  core_.DeferDeliveries(true);
+  publish_retained("t/third", 3);
+  core_.AnswerRetained(/*live_through=*/2);
+  expect_only(*sub2, {{"t/new", true}, {"t/old", true}});
+  core_.DeferDeliveries(false);
+  core_.FlushDeliveries();
+  expect_only(*sub2, {{"t/third", false}});
+  expect_only(*sub, {{"t/third", false}});
 }
 
 TEST_P(MqttServerTest, SharedSubscriptionGivesEachMessageToOneMember) {
