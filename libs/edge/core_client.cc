@@ -530,7 +530,9 @@ void CoreClient::ChangeAppliedLocked(Stream* s, const v1::SubscribeChangeApplied
     s->attached.insert(pos.partition());
     // The core switched filter sets after sending every delivery up to this position, and
     // those were handed to the delivery callback before this event: live delivery has been
-    // evaluated through it.
+    // evaluated through it. Epoch 0: the node has not resolved the partition (it does not host
+    // it), so the position means nothing.
+    if (pos.epoch() == 0) continue;
     auto it = resume_.find(pos.partition());
     if (it == resume_.end() ||
         (it->second.epoch() == pos.epoch() && it->second.offset() < pos.offset())) {

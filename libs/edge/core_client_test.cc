@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <future>
 #include <map>
@@ -11,6 +12,7 @@
 #include <thread>
 
 #include "libs/cluster/core_node.h"
+#include "libs/common/partitioning.h"
 
 namespace herald::edge {
 namespace {
@@ -130,6 +132,74 @@ TEST_F(CoreClientTest, RemovedFilterIsNoLongerDelivered) {
   ASSERT_TRUE(cv_.wait_for(l, 10s, [&] { return received_.count("marker") > 0; }));
   EXPECT_EQ(received_["a/1"].size(), 1u);
   EXPECT_EQ(received_.count("a/2"), 0u);
+}
+
+// The live position a retained lookup reports. A retained message past it is one live delivery
+// still owes the edge; one at or before it was evaluated already. A partition a node has not
+// resolved never yields a position.
+TEST_F(CoreClientTest, RetainedLookupSaysHowFarLiveDeliveryWasEvaluated) {
+  for (uint32_t p = 0; p < 4; ++p) {
+    auto live = client_->LivePosition(p);
+    if (live.has_value()) {
+      EXPECT_NE(live->epoch(), 0u) << "partition " << p;
+    }
+  }
+  auto publish = [&](const std::string& payload) {
+    v1::Message m;
+    m.set_topic("r/a");
+    m.set_payload(payload);
+    m.set_retain(true);
+    std::promise<absl::Status> done;
+    client_->Publish({m}, [&](const absl::Status& s) { done.set_value(s); });
+    return done.get_future().get();
+  };
+  auto lookup = [&] {
+    std::promise<absl::StatusOr<RetainedMessages>> done;
+    client_->GetRetained({"r/#"}, 100,
+                         [&](absl::StatusOr<RetainedMessages> r) { done.set_value(std::move(r)); });
+    return done.get_future().get();
+  };
+  auto received = [&](const std::string& payload) {
+    std::unique_lock<std::mutex> l(mu_);
+    return cv_.wait_for(l, 10s, [&] {
+      const auto& got = received_["r/a"];
+      return std::find(got.begin(), got.end(), payload) != got.end();
+    });
+  };
+  const uint32_t p = PartitionFor("r/a", 4);
+  ASSERT_TRUE(publish("one").ok());
+  AddFilter("r/#");
+  auto live = client_->LivePosition(p);
+  ASSERT_TRUE(live.has_value());  // the filter's switch position at least
+  EXPECT_NE(live->epoch(), 0u);
+  auto first = lookup();
+  ASSERT_TRUE(first.ok()) << first.status();
+  ASSERT_EQ(first->messages.size(), 1u);
+  const uint64_t one = first->messages[0].offset();
+  EXPECT_EQ(first->messages[0].partition(), p);
+  ASSERT_EQ(first->live_through.count(p), 1u);
+  // The core may switch filters before it has read "one": then "one" is delivered live.
+  if (first->live_through.at(p) < one) {
+    EXPECT_TRUE(received("one"));
+  }
+
+  // A newer value, delivered live: once the edge has evaluated it, the lookup's position
+  // covers it.
+  ASSERT_TRUE(publish("two").ok());
+  ASSERT_TRUE(received("two"));
+  auto second = lookup();
+  ASSERT_TRUE(second.ok()) << second.status();
+  ASSERT_EQ(second->messages.size(), 1u);
+  EXPECT_EQ(second->messages[0].payload(), "two");
+  const uint64_t two = second->messages[0].offset();
+  EXPECT_GT(two, one);
+  for (int i = 0; i < 500 && client_->LivePosition(p)->offset() < two; ++i) {
+    std::this_thread::sleep_for(10ms);
+  }
+  auto third = lookup();
+  ASSERT_TRUE(third.ok()) << third.status();
+  ASSERT_EQ(third->live_through.count(p), 1u);
+  EXPECT_GE(third->live_through.at(p), two);
 }
 
 }  // namespace

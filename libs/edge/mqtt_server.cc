@@ -498,13 +498,13 @@ class MqttSession final : public MqttServer::Endpoint {
   }
 
   // The filters of a SUBSCRIBE are applied (and, for a persistent session, stored).
+  // `lookup`: the retained lookup On(Subscribe) began, if any.
   void SubscribeReady(mqtt::Suback suback, std::vector<std::string> retained_filters,
                       std::vector<std::pair<size_t, std::string>> added,
-                      const absl::Status& stored) {
-    // On(Subscribe) counted a retained lookup for this SUBSCRIBE.
-    const bool lookup_counted = !retained_filters.empty();
-    if (closing_) return;
+                      const absl::Status& stored, std::optional<uint64_t> lookup) {
+    if (closing_) return EndRetainedLookup(lookup);
     if (absl::IsFailedPrecondition(stored) || absl::IsNotFound(stored)) {
+      EndRetainedLookup(lookup);
       Fenced();
       return;
     }
@@ -529,46 +529,82 @@ class MqttSession final : public MqttServer::Endpoint {
     Send(std::move(suback));
     // A persistent session is owed the new filters' messages from here on: record where.
     if (persistent_) StartCommit();
-    if (!retained_filters.empty()) {
-      SendRetained(std::move(retained_filters));
-    } else if (lookup_counted) {
-      EndRetainedLookup();
+    if (!retained_filters.empty() && lookup.has_value()) {
+      SendRetained(std::move(retained_filters), *lookup);
+    } else {
+      EndRetainedLookup(lookup);
     }
+  }
+
+  // A retained lookup begins: what this session receives from the log is recorded until it
+  // ends. Returns its start, for WasSeenSince and EndRetainedLookup.
+  uint64_t BeginRetainedLookup() {
+    Extra& x = X();
+    uint64_t start = x.seen_base + x.seen_order.size();
+    x.lookups.insert(start);
+    return start;
   }
 
   void SeenWhileLooking(uint32_t partition, uint64_t offset) {
-    if (extra_ && extra_->retained_lookups > 0) {
-      extra_->seen_while_looking.emplace(partition, offset);
+    if (!extra_ || extra_->lookups.empty()) return;
+    Extra& x = *extra_;
+    if (x.seen.emplace(std::make_pair(partition, offset), x.seen_base + x.seen_order.size())
+            .second) {
+      x.seen_order.emplace_back(partition, offset);
     }
   }
 
-  void EndRetainedLookup() {
-    if (!extra_ || extra_->retained_lookups == 0) return;
-    if (--extra_->retained_lookups == 0) extra_->seen_while_looking.clear();
+  // (partition, offset) reached this session from the log after the lookup begun at `start`.
+  bool WasSeenSince(uint64_t start, uint32_t partition, uint64_t offset) const {
+    if (!extra_) return false;
+    auto it = extra_->seen.find({partition, offset});
+    return it != extra_->seen.end() && it->second >= start;
+  }
+
+  // Ends the lookup begun at `start` and forgets what no lookup under way needs.
+  void EndRetainedLookup(std::optional<uint64_t> start) {
+    if (!start.has_value() || !extra_) return;
+    Extra& x = *extra_;
+    auto it = x.lookups.find(*start);
+    if (it == x.lookups.end()) return;
+    x.lookups.erase(it);
+    if (x.lookups.empty()) {
+      x.seen.clear();
+      x.seen_order.clear();
+      x.seen_base = 0;
+      return;
+    }
+    while (!x.seen_order.empty() && x.seen_base < *x.lookups.begin()) {
+      x.seen.erase(x.seen_order.front());
+      x.seen_order.pop_front();
+      ++x.seen_base;
+    }
   }
 
   // The core's answer to a SUBSCRIBE's retained lookup (sent after the SUBACK). A retained
   // message published once the subscription was in place is not a retained message for it
   // (§3.3.1.3: RETAIN 1 only for messages sent because of a new subscription): it arrives, or
   // arrived, live, and is not sent twice.
-  void CoreRetainedFound(std::vector<std::string> filters, RetainedMessages r) {
+  void CoreRetainedFound(std::vector<std::string> filters, RetainedMessages r, uint64_t lookup) {
     std::vector<v1::Message> keep;
     keep.reserve(r.messages.size());
     for (auto& m : r.messages) {
       if (m.offset() != 0) {
         const uint32_t p = m.partition();
-        if (extra_ && extra_->seen_while_looking.count({p, m.offset()})) continue;  // came live
+        if (WasSeenSince(lookup, p, m.offset())) continue;  // came live
+        // A partition still being caught up (persistent session) is read by the catch-up, whose
+        // pages may predate the new filter: there the retained copy is sent (at worst twice,
+        // never lost).
         auto live = r.live_through.find(p);
-        if (live != r.live_through.end() && m.offset() > live->second) continue;  // comes live
-        if (ps_) {
-          auto c = ps_->catchup.find(p);
-          if (c != ps_->catchup.end() && m.offset() > c->second.pos.offset()) continue;
+        if (live != r.live_through.end() && m.offset() > live->second &&
+            !(ps_ && ps_->catchup.count(p))) {
+          continue;  // comes live
         }
       }
       keep.push_back(std::move(m));
     }
     RetainedFound(std::move(filters), std::move(keep));
-    EndRetainedLookup();
+    EndRetainedLookup(lookup);
   }
 
   void RetainedFound(std::vector<std::string> filters, std::vector<v1::Message> messages) {
@@ -1303,17 +1339,18 @@ class MqttSession final : public MqttServer::Endpoint {
       std::vector<std::string> retained;
       std::vector<std::pair<size_t, std::string>> added;
       absl::Status stored;
+      std::optional<uint64_t> lookup;
     };
-    // From here on, what this session receives live is recorded until the lookup is answered.
-    if (!retained.empty()) ++X().retained_lookups;
     auto w = std::make_shared<Waiting>();
+    // From here on, what this session receives from the log is recorded until the lookup ends.
+    if (!retained.empty()) w->lookup = BeginRetainedLookup();
     w->ack = std::move(ack);
     w->retained = std::move(retained);
     w->added = std::move(added);
     auto done_one = [w](MqttSession& self) {
       if (--w->remaining == 0) {
         self.SubscribeReady(std::move(w->ack), std::move(w->retained), std::move(w->added),
-                            w->stored);
+                            w->stored, w->lookup);
       }
     };
     w->remaining += to_apply.size();
@@ -1437,7 +1474,7 @@ class MqttSession final : public MqttServer::Endpoint {
   }
 
   // Retained messages for new subscriptions (and the edge's $SYS topics).
-  void SendRetained(std::vector<std::string> filters) {
+  void SendRetained(std::vector<std::string> filters, uint64_t lookup) {
     std::vector<std::string> inner;
     std::vector<v1::Message> sys;
     {
@@ -1463,19 +1500,19 @@ class MqttSession final : public MqttServer::Endpoint {
       if (core == nullptr) return;
       asked = true;
       core->GetRetained(
-          inner, 10000, [st, sid, filters](absl::StatusOr<RetainedMessages> r) mutable {
+          inner, 10000, [st, sid, filters, lookup](absl::StatusOr<RetainedMessages> r) mutable {
             if (!r.ok()) {
               spdlog::warn("mqtt: retained lookup failed: {}", r.status());
-              RunOnSession(st, sid, [](MqttSession& s) { s.EndRetainedLookup(); });
+              RunOnSession(st, sid, [lookup](MqttSession& s) { s.EndRetainedLookup(lookup); });
               return;
             }
-            RunOnSession(st, sid,
-                         [filters = std::move(filters), m = std::move(*r)](MqttSession& s) mutable {
-                           s.CoreRetainedFound(std::move(filters), std::move(m));
-                         });
+            RunOnSession(st, sid, [filters = std::move(filters), m = std::move(*r),
+                                   lookup](MqttSession& s) mutable {
+              s.CoreRetainedFound(std::move(filters), std::move(m), lookup);
+            });
           });
     });
-    if (!asked) EndRetainedLookup();
+    if (!asked) EndRetainedLookup(lookup);
   }
 
   // What this session's subscriptions make of a message it reads itself (catch-up, retained):
@@ -2000,11 +2037,14 @@ class MqttSession final : public MqttServer::Endpoint {
     std::map<uint16_t, std::string> inbound_aliases;
     std::map<std::string, uint16_t> outbound_aliases;
     std::set<uint16_t> reserved_ids;  // in flight in the stored session, being resent
-    // Retained lookups of SUBSCRIBEs under way and, meanwhile, the log messages (partition,
-    // offset) this session received live or from its catch-up: the lookup does not send them
-    // again as retained messages.
-    int retained_lookups = 0;
-    std::set<std::pair<uint32_t, uint64_t>> seen_while_looking;
+    // Retained lookups of SUBSCRIBEs under way, each by its start, and meanwhile the log
+    // messages (partition, offset) this session received live or from its catch-up, numbered
+    // from seen_base in arrival order: a lookup does not send again as retained what arrived
+    // after it began. What no lookup under way needs is dropped.
+    std::multiset<uint64_t> lookups;
+    uint64_t seen_base = 0;
+    std::deque<std::pair<uint32_t, uint64_t>> seen_order;
+    std::map<std::pair<uint32_t, uint64_t>, uint64_t> seen;
   };
   std::unique_ptr<Extra> extra_;
   Extra& X() {

@@ -479,7 +479,7 @@ TEST_P(MqttServerTest, RetainedLookupAnsweredLateDoesNotRepeatLiveMessages) {
     c.Send(mqtt::Pingreq{});
     c.Expect<mqtt::Pingresp>();  // and nothing else
   };
-  publish_retained("t/old", 1);  // offset 1, before anyone subscribed
+  ASSERT_NO_FATAL_FAILURE(publish_retained("t/old", 1));  // offset 1, before anyone subscribed
 
   // The live copy arrives first, the lookup's answer after it.
   auto sub = NewClient(version());
@@ -489,7 +489,7 @@ TEST_P(MqttServerTest, RetainedLookupAnsweredLateDoesNotRepeatLiveMessages) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   ASSERT_EQ(core_.HeldLookups(), 1u);
-  publish_retained("t/new", 2);
+  ASSERT_NO_FATAL_FAILURE(publish_retained("t/new", 2));
   auto live = sub->Expect<mqtt::Publish>();
   EXPECT_EQ(live.topic, "t/new");
   EXPECT_FALSE(live.retain);
@@ -506,13 +506,48 @@ TEST_P(MqttServerTest, RetainedLookupAnsweredLateDoesNotRepeatLiveMessages) {
   }
   ASSERT_EQ(core_.HeldLookups(), 1u);
   core_.DeferDeliveries(true);
-  publish_retained("t/third", 3);
+  ASSERT_NO_FATAL_FAILURE(publish_retained("t/third", 3));
   core_.AnswerRetained(/*live_through=*/2);
   expect_only(*sub2, {{"t/new", true}, {"t/old", true}});
   core_.DeferDeliveries(false);
   core_.FlushDeliveries();
   expect_only(*sub2, {{"t/third", false}});
   expect_only(*sub, {{"t/third", false}});
+}
+
+// Two lookups under way for one session: each leaves out only what arrived live after it began.
+// A re-SUBSCRIBE (Retain Handling 0) gets the topic's retained message again even though its
+// copy arrived live before (§3.8.4: retained messages are sent for a replaced subscription).
+TEST_P(MqttServerTest, OverlappingRetainedLookupsEachLeaveOutWhatArrivedAfterThem) {
+  core_.StampOffsets();
+  core_.HoldRetainedLookups();
+  auto wait_held = [&](size_t n) {
+    for (int i = 0; i < 300 && core_.HeldLookups() < n; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ASSERT_EQ(core_.HeldLookups(), n);
+  };
+  auto pub = NewClient(version());
+  pub->Connect("pub");
+  auto sub = NewClient(version());
+  sub->Connect("sub");
+  sub->Subscribe("t/#", QoS::kAtMostOnce, 1);
+  ASSERT_NO_FATAL_FAILURE(wait_held(1));  // lookup A
+  pub->Send(mqtt::Publish{.retain = true, .topic = "t/x", .payload = "x"});
+  auto live = sub->Expect<mqtt::Publish>();
+  EXPECT_EQ(live.topic, "t/x");
+  EXPECT_FALSE(live.retain);
+  sub->Subscribe("t/#", QoS::kAtMostOnce, 2);
+  ASSERT_NO_FATAL_FAILURE(wait_held(2));  // lookup B
+  core_.AnswerRetained(/*live_through=*/1);  // A: t/x came live after it began
+  sub->Send(mqtt::Pingreq{});
+  sub->Expect<mqtt::Pingresp>();
+  core_.AnswerRetained(/*live_through=*/1);  // B: t/x came before it began
+  auto again = sub->Expect<mqtt::Publish>();
+  EXPECT_EQ(again.topic, "t/x");
+  EXPECT_TRUE(again.retain);
+  sub->Send(mqtt::Pingreq{});
+  sub->Expect<mqtt::Pingresp>();
 }
 
 TEST_P(MqttServerTest, SharedSubscriptionGivesEachMessageToOneMember) {
