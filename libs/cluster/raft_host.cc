@@ -1088,7 +1088,8 @@ void RaftHost::RunPass(Inbox& inbox) {
     }
     bool leader = g->node->role() == raft::Role::kLeader;
     if (leader != g->was_leader) {
-      spdlog::info("raft group {}: {} in term {}", g->id,
+      // Debug: a node starting up leads or follows every group, which is not news.
+      spdlog::debug("raft group {}: {} in term {}", g->id,
                    leader ? std::string("leading") : StrCat("no longer leading, leader ",
                                                             g->node->leader()),
                    g->node->term());

@@ -101,7 +101,7 @@ class HeraldctlTest : public ::testing::Test {
     root_ = new std::string(tmpl);
     cluster_ = new testing::CoreCluster(*root_, kNodes, kPartitions);
     // Manual transfers are what these tests check; the controller would even them out.
-    cluster_->extra_args = {"--cluster.balance_leaders=false"};
+    cluster_->extra_args = {"--cluster.balance_leaders=false", "--log.level=debug"};
     servers_ = new std::string(cluster_->Servers());
     std::string error;
     for (int i = 0; i < kNodes; ++i) ASSERT_TRUE(cluster_->Start(i, &error)) << error;
