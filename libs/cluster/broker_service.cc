@@ -215,7 +215,7 @@ grpc::ServerUnaryReactor* BrokerService::Fetch(grpc::CallbackServerContext* ctx,
       if (outstanding->fetch_sub(1) == 1) reactor->Finish(grpc::Status::OK);
       continue;
     }
-    host_.ReadAsync(GroupForPartition(range.partition()),
+    host_.ReadLinearizable(GroupForPartition(range.partition()),
                     [this, reactor, out, outstanding, range, filters, limits, now](
                         broker::PartitionStateMachine* sm, const GroupStatus* st) {
                       if (!LeaderServes(GroupForPartition(range.partition()), sm, st, out)) {
@@ -280,7 +280,7 @@ grpc::ServerUnaryReactor* BrokerService::GetRetained(grpc::CallbackServerContext
       if (outstanding->fetch_sub(1) == 1) reactor->Finish(grpc::Status::OK);
       continue;
     }
-    host_.ReadAsync(GroupForPartition(q.partition()),
+    host_.ReadLinearizable(GroupForPartition(q.partition()),
                     [this, reactor, out, outstanding, q, filters, limits, now](
                         broker::PartitionStateMachine* sm, const GroupStatus* st) {
                       if (LeaderServes(GroupForPartition(q.partition()), sm, st, out)) {

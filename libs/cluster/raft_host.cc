@@ -43,6 +43,15 @@ struct RaftHost::Group {
   uint64_t durable = 0;
   std::deque<raft::Entry> stash;
   int unsent = 0;
+  // Linearizable reads (ReadIndex, Raft dissertation §6.4), on a leader: asked since the last
+  // pass; waiting for their heartbeat round, by ReadIndex context; confirmed at a read index,
+  // waiting for the apply to reach it.
+  std::vector<RaftHost::ReadFn> reads_asked;
+  std::map<uint64_t, std::vector<RaftHost::ReadFn>> reads_waiting;
+  std::deque<std::pair<uint64_t, std::vector<RaftHost::ReadFn>>> reads_ready;
+  bool reads_pending() const {
+    return !reads_asked.empty() || !reads_waiting.empty() || !reads_ready.empty();
+  }
 
   uint64_t applied() const { return meta ? meta->applied_index() : sm->applied_index(); }
   void LoadConf() {
@@ -264,6 +273,7 @@ void RaftHost::RemoveGroup(GroupId group, std::optional<raft::ConfState> if_conf
       return;
     }
     FailPending(g, absl::UnavailableError("replica removed from this node"));
+    AnswerReads(g, /*gone=*/true);
     rocksdb::WriteBatch batch;
     StageWipe(engine_, group, g.log->hard_state(), &batch);
     if (absl::Status s = engine_.Write(&batch); !s.ok()) Fatal("removing a replica", s);
@@ -674,6 +684,38 @@ void RaftHost::ReadAsync(GroupId group, ReadFn fn) {
   cv_.notify_one();
 }
 
+void RaftHost::ReadLinearizable(GroupId group, ReadFn fn) {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (running_ && !inbox_.stop) {
+      inbox_.tasks.push_back([this, group, fn = std::move(fn)]() mutable {
+        auto it = groups_.find(group);
+        if (it == groups_.end() || !it->second->sm) {
+          fn(nullptr, nullptr);
+          return;
+        }
+        Group& g = *it->second;
+        if (g.installing || g.node->role() != raft::Role::kLeader) {
+          GroupStatus st = StatusOf(g);
+          fn(g.sm.get(), &st);  // not the leader: the reader refuses with a hint
+          return;
+        }
+        // A quiesced leader ticks again: its heartbeat round wakes the followers, which must
+        // then keep hearing from it.
+        Wake(g);
+        if (g.reads_asked.empty()) groups_with_reads_.push_back(group);
+        g.reads_asked.push_back(std::move(fn));
+      });
+      fn = nullptr;
+    }
+  }
+  if (fn) {
+    fn(nullptr, nullptr);
+    return;
+  }
+  cv_.notify_one();
+}
+
 GroupStatus RaftHost::StatusOf(const Group& g) {
   GroupStatus st;
   st.group = g.id;
@@ -757,14 +799,48 @@ void RaftHost::Run() {
     RunPass(inbox);
     if (inbox.stop) break;
   }
-  for (auto& [id, g] : groups_)
+  for (auto& [id, g] : groups_) {
     FailPending(*g, absl::UnavailableError("raft host stopped; outcome unknown"));
+    AnswerReads(*g, /*gone=*/true);
+  }
 }
 
 void RaftHost::FailPending(Group& g, const absl::Status& why) {
   auto pending = std::move(g.pending);
   g.pending.clear();
   for (auto& [index, p] : pending) p.done({why, g.node->leader(), {}});
+}
+
+void RaftHost::AnswerReads(Group& g, bool gone) {
+  std::vector<ReadFn> all = std::move(g.reads_asked);
+  g.reads_asked.clear();
+  for (auto& [ctx, fns] : g.reads_waiting) {
+    for (auto& fn : fns) all.push_back(std::move(fn));
+  }
+  g.reads_waiting.clear();
+  for (auto& [index, fns] : g.reads_ready) {
+    for (auto& fn : fns) all.push_back(std::move(fn));
+  }
+  g.reads_ready.clear();
+  if (all.empty()) return;
+  GroupStatus st = StatusOf(g);
+  for (auto& fn : all) {
+    if (gone || !g.sm) {
+      fn(nullptr, nullptr);
+    } else {
+      fn(g.sm.get(), &st);  // no longer the leader: the reader refuses with a hint
+    }
+  }
+}
+
+void RaftHost::ServeReads(Group& g) {
+  if (g.reads_ready.empty()) return;
+  GroupStatus st = StatusOf(g);
+  while (!g.reads_ready.empty() && g.reads_ready.front().first <= g.applied()) {
+    auto fns = std::move(g.reads_ready.front().second);
+    g.reads_ready.pop_front();
+    for (auto& fn : fns) fn(g.sm.get(), &st);
+  }
 }
 
 void RaftHost::RunPass(Inbox& inbox) {
@@ -795,6 +871,22 @@ void RaftHost::RunPass(Inbox& inbox) {
     }
   }
   for (auto& task : inbox.tasks) task();
+  // One ReadIndex (one heartbeat round) per group for the reads asked since the last pass.
+  for (GroupId id : groups_with_reads_) {
+    auto it = groups_.find(id);
+    if (it == groups_.end() || it->second->reads_asked.empty()) continue;
+    Group& g = *it->second;
+    const uint64_t ctx = next_read_ctx_++;
+    std::string context;
+    storage::PutU64(&context, ctx);
+    if (absl::Status s = g.node->ReadIndex(context); !s.ok()) {
+      AnswerReads(g, /*gone=*/false);
+      continue;
+    }
+    g.reads_waiting[ctx] = std::move(g.reads_asked);
+    g.reads_asked.clear();
+  }
+  groups_with_reads_.clear();
   // Publish proposals of one group that arrived together become one entry (up to 1 MiB); the
   // others keep their place in the group's order.
   constexpr size_t kMaxMergedBytes = 1 << 20;
@@ -892,6 +984,15 @@ void RaftHost::RunPass(Inbox& inbox) {
     raft::Ready rd;
     if (has_ready) {
       rd = g.node->GetReady();
+      for (const raft::ReadState& rs : rd.read_states) {
+        std::string_view in = rs.context;
+        uint64_t ctx = 0;
+        if (!storage::GetU64(&in, &ctx)) continue;
+        auto w = g.reads_waiting.find(ctx);
+        if (w == g.reads_waiting.end()) continue;
+        g.reads_ready.emplace_back(rs.index, std::move(w->second));
+        g.reads_waiting.erase(w);
+      }
       absl::Status s = g.log->StageReady(rd, &batch);
       if (!s.ok()) Fatal(StrCat("group ", id, ": staging Ready"), s);
       if (!rd.snapshot.IsEmpty() && g.applied() < rd.snapshot.metadata.index) {
@@ -1096,8 +1197,10 @@ void RaftHost::RunPass(Inbox& inbox) {
     }
     if (g->was_leader && !leader) {
       FailPending(*g, absl::UnavailableError("leadership lost; outcome unknown"));
+      AnswerReads(*g, /*gone=*/false);
       g->compaction_proposed = 0;
     }
+    if (leader) ServeReads(*g);
     g->was_leader = leader;
     if (c.has_ready) g->node->Advance(c.rd);
     if (leader) MaybeProposeCompaction(*g);
@@ -1218,6 +1321,7 @@ void RaftHost::TickQuiescence(int ticks) {
       continue;
     }
     bool idle = node.role() == raft::Role::kLeader && g.pending.empty() && g.stash.empty() &&
+                !g.reads_pending() &&
                 g.unsent == 0 &&
                 g.compaction_proposed == 0 && node.transferee() == raft::kNoNode &&
                 node.committed() == node.last_index() && node.applied() == node.committed() &&

@@ -282,6 +282,12 @@ class RaftHost {
   // For reads that must not block the caller. Thread-safe.
   using ReadFn = std::function<void(broker::PartitionStateMachine*, const GroupStatus*)>;
   void ReadAsync(GroupId group, ReadFn fn);
+  // As ReadAsync, linearizable (ReadIndex, Raft dissertation §6.4): on the group's leader, `fn`
+  // runs once a heartbeat round confirmed this node still leads and the state machine applied
+  // everything committed when the read was asked, so it sees every write acknowledged before.
+  // Elsewhere, or when leadership is lost meanwhile, `fn` gets the status of a non-leader.
+  // A leader that cannot reach a quorum answers when it steps down (check-quorum).
+  void ReadLinearizable(GroupId group, ReadFn fn);
 
  private:
   struct Group;
@@ -321,6 +327,11 @@ class RaftHost {
   // Runs `fn` on the host's thread and waits for its status.
   absl::Status RunOnHost(std::function<absl::Status()> fn);
   void FailPending(Group& g, const absl::Status& why);
+  // Answers every linearizable read of the group: with nullptrs when the replica is going
+  // away, else with its status (which no longer says leader).
+  void AnswerReads(Group& g, bool gone);
+  // Runs the reads whose read index the group has applied.
+  void ServeReads(Group& g);
   void MaybeProposeCompaction(Group& g);
   // Quiescence (host thread, once per tick): wakes quiesced groups that lost a member, and
   // quiesces idle groups this node leads.
@@ -351,6 +362,9 @@ class RaftHost {
   // Pipelined fsync (host thread): passes written and not yet released, oldest first.
   std::deque<Outgoing> outgoing_;
   uint64_t write_seq_ = 0;
+  // Host thread: groups with reads asked since the last pass; ReadIndex contexts.
+  std::vector<GroupId> groups_with_reads_;
+  uint64_t next_read_ctx_ = 1;
   size_t last_batch_bytes_ = 0;  // host thread: size of the last pass's write batch
   bool sync_in_flight_ = false;
   // The syncer thread.

@@ -502,5 +502,88 @@ TEST_F(RaftHostTest, QuiescedLeaderCutOffStepsDownAndRejoins) {
   EXPECT_EQ(ReadAll(old_leader), (std::vector<std::string>{"before", "during"}));
 }
 
+// What a linearizable read saw: whether it ran as the leader, and the payloads it read.
+struct ReadOutcome {
+  bool answered = false;
+  bool as_leader = false;
+  std::vector<std::string> payloads;
+};
+
+ReadOutcome ReadLinearizably(RaftHost& host, std::chrono::milliseconds timeout) {
+  auto p = std::make_shared<std::promise<ReadOutcome>>();
+  auto f = p->get_future();
+  host.ReadLinearizable(kGroup, [p](broker::PartitionStateMachine* sm, const GroupStatus* st) {
+    ReadOutcome o;
+    o.answered = true;
+    o.as_leader = sm != nullptr && st != nullptr && st->role == raft::Role::kLeader;
+    if (sm != nullptr) {
+      auto r = sm->Fetch(0, 0, {"#"}, 2000, {.max_messages = 1000, .max_bytes = 1 << 20});
+      if (r.ok()) {
+        for (auto& m : r->messages) o.payloads.push_back(m.payload());
+      }
+    }
+    p->set_value(std::move(o));
+  });
+  if (f.wait_for(timeout) != std::future_status::ready) return {};
+  return f.get();
+}
+
+// ReadIndex (Raft dissertation §6.4): a read on the leader sees every acknowledged write; a
+// leader cut off from its followers never answers as the leader (while the others elect a new one
+// and commit more), and answers as a non-leader once it steps down.
+TEST_F(RaftHostTest, LinearizableReadsNeverComeFromADeposedLeader) {
+  for (raft::NodeId id : {1, 2, 3}) StartNode(id, {1, 2, 3});
+  ASSERT_NE(PublishWithRetry("one", 5, 1), 0u);
+  raft::NodeId leader = WaitForLeader();
+  ASSERT_NE(leader, 0u);
+  ReadOutcome ok = ReadLinearizably(*nodes_[leader].host, 5s);
+  ASSERT_TRUE(ok.answered);
+  EXPECT_TRUE(ok.as_leader);
+  EXPECT_EQ(ok.payloads, (std::vector<std::string>{"one"}));
+  // A follower refuses at once.
+  raft::NodeId follower = leader % 3 + 1;
+  ReadOutcome refused = ReadLinearizably(*nodes_[follower].host, 5s);
+  ASSERT_TRUE(refused.answered);
+  EXPECT_FALSE(refused.as_leader);
+
+  net_.CutOff(leader, true);
+  ReadOutcome cut = ReadLinearizably(*nodes_[leader].host, 10s);
+  ASSERT_TRUE(cut.answered) << "the cut-off leader's read never finished";
+  EXPECT_FALSE(cut.as_leader) << "a leader without a quorum answered a linearizable read";
+  raft::NodeId other = 0;
+  for (int i = 0; i < 500 && other == 0; ++i) {
+    for (raft::NodeId id : {1, 2, 3}) {
+      if (id != leader && nodes_[id].host->Status()[0].role == raft::Role::kLeader) other = id;
+    }
+    std::this_thread::sleep_for(10ms);
+  }
+  ASSERT_NE(other, 0u);
+  ASSERT_TRUE(ProposeAndWait(other, PublishCommand("t", "two", 5, 2)).status.ok());
+  ReadOutcome fresh = ReadLinearizably(*nodes_[other].host, 5s);
+  ASSERT_TRUE(fresh.answered);
+  EXPECT_TRUE(fresh.as_leader);
+  EXPECT_EQ(fresh.payloads, (std::vector<std::string>{"one", "two"}));
+  net_.CutOff(leader, false);
+}
+
+// A read on a quiesced leader wakes it for the heartbeat round without disturbing leadership,
+// and the group goes quiet again.
+TEST_F(RaftHostTest, LinearizableReadOnAQuiescedLeaderKeepsItsLeadership) {
+  raft::NodeId leader = StartQuiescedTrio(6);
+  ASSERT_NE(leader, 0u);
+  const uint64_t term = nodes_[leader].host->Status()[0].term;
+  for (int i = 0; i < 3; ++i) {
+    ReadOutcome r = ReadLinearizably(*nodes_[leader].host, 5s);
+    ASSERT_TRUE(r.answered);
+    EXPECT_TRUE(r.as_leader);
+    EXPECT_EQ(r.payloads, (std::vector<std::string>{"before"}));
+  }
+  // Woken followers must keep hearing from the leader: no election for several timeouts.
+  std::this_thread::sleep_for(std::chrono::milliseconds(10 * 3 * kQuiescenceElectionTicks));
+  EXPECT_EQ(WaitForLeader(), leader);
+  EXPECT_EQ(nodes_[leader].host->Status()[0].term, term) << "the read caused an election";
+  EXPECT_TRUE(WaitAllQuiesced(nodes_, 5s));
+}
+
 }  // namespace
 }  // namespace herald::cluster

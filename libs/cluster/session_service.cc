@@ -229,9 +229,8 @@ grpc::ServerUnaryReactor* BrokerService::GetSession(grpc::CallbackServerContext*
     return reactor;
   }
   const uint32_t partition = PartitionFor(request->client_id(), options_.partition_count);
-  // Served from the leader's applied state without a ReadIndex round (as Fetch): a leader that
-  // has just been deposed may miss the newest mutations.
-  host_.ReadAsync(
+  // Linearizable (a ReadIndex round, as Fetch): a deposed leader does not answer.
+  host_.ReadLinearizable(
       GroupForPartition(partition), [this, reactor, request, response, partition](
                                         broker::PartitionStateMachine* sm, const GroupStatus* st) {
         v1::ErrorInfo e;
