@@ -372,6 +372,7 @@ absl::Status RaftHost::BeginSnapshotInstall(GroupId group, uint64_t index, bool*
     g.stash.clear();  // the image supersedes committed entries not applied yet
     Wake(g);
     FailPending(g, absl::UnavailableError("replica is installing a snapshot; outcome unknown"));
+    AnswerReads(g, /*gone=*/true);  // the state is about to be replaced
     rocksdb::WriteBatch batch;
     std::string prefix = GroupStatePrefix(group);
     batch.Put(engine_.handle(storage::Family::kRaftState), storage::RaftStateKey(group, 'i'),
@@ -695,7 +696,11 @@ void RaftHost::ReadLinearizable(GroupId group, ReadFn fn) {
           return;
         }
         Group& g = *it->second;
-        if (g.installing || g.node->role() != raft::Role::kLeader) {
+        if (g.installing) {
+          fn(nullptr, nullptr);  // its state is being replaced
+          return;
+        }
+        if (g.node->role() != raft::Role::kLeader) {
           GroupStatus st = StatusOf(g);
           fn(g.sm.get(), &st);  // not the leader: the reader refuses with a hint
           return;
@@ -773,6 +778,8 @@ void RaftHost::Run() {
       // The clock may be a test clock; wait in real time slices of at most one tick.
       if (!has_work()) cv_.wait_for(l, options_.tick, has_work);
       std::swap(inbox, inbox_);
+      // Stopping: this is the last pass; later requests are refused, not queued and dropped.
+      inbox_.stop = inbox.stop;
     }
     if (inbox.synced != 0) {
       sync_in_flight_ = false;  // the syncer reports only the one fsync it was asked for
@@ -876,6 +883,10 @@ void RaftHost::RunPass(Inbox& inbox) {
     auto it = groups_.find(id);
     if (it == groups_.end() || it->second->reads_asked.empty()) continue;
     Group& g = *it->second;
+    if (g.installing || g.node->role() != raft::Role::kLeader) {
+      AnswerReads(g, /*gone=*/g.installing);  // a task of this pass changed that
+      continue;
+    }
     const uint64_t ctx = next_read_ctx_++;
     std::string context;
     storage::PutU64(&context, ctx);
@@ -1200,7 +1211,8 @@ void RaftHost::RunPass(Inbox& inbox) {
       AnswerReads(*g, /*gone=*/false);
       g->compaction_proposed = 0;
     }
-    if (leader) ServeReads(*g);
+    if (!leader && g->reads_pending()) AnswerReads(*g, /*gone=*/false);
+    if (leader && !g->installing) ServeReads(*g);
     g->was_leader = leader;
     if (c.has_ready) g->node->Advance(c.rd);
     if (leader) MaybeProposeCompaction(*g);

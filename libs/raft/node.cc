@@ -811,10 +811,23 @@ void Node::HandleReadAck(NodeId from, const std::string& context) {
   if (pos == pending_reads_.size()) return;
   PendingRead& pr = pending_reads_[pos];
   if (std::find(pr.acks.begin(), pr.acks.end(), from) == pr.acks.end()) pr.acks.push_back(from);
-  const int acks = static_cast<int>(pr.acks.size()) + (conf_.IsVoter(id_) ? 1 : 0);
-  if (acks < Quorum()) return;
-  // The heartbeat round for this request also confirms every earlier one.
-  for (size_t i = 0; i <= pos; ++i) {
+  ReleaseConfirmedReads();
+}
+
+void Node::ReleaseConfirmedReads() {
+  // The newest request a quorum of the current voters acknowledged; its heartbeat round also
+  // confirms every earlier one. (Acks of members removed since do not count.)
+  size_t confirmed = 0;
+  for (size_t i = pending_reads_.size(); i > 0; --i) {
+    const PendingRead& pr = pending_reads_[i - 1];
+    int acks = conf_.IsVoter(id_) ? 1 : 0;
+    for (NodeId a : pr.acks) acks += conf_.IsVoter(a) ? 1 : 0;
+    if (acks >= Quorum()) {
+      confirmed = i;
+      break;
+    }
+  }
+  for (size_t i = 0; i < confirmed; ++i) {
     PendingRead r = std::move(pending_reads_.front());
     pending_reads_.pop_front();
     if (r.from == kNoNode || r.from == id_) {
@@ -896,6 +909,9 @@ void Node::SyncProgressWithConf() {
   }
   progress_ = std::move(next);
   if (lead_transferee_ != kNoNode && !conf_.IsVoter(lead_transferee_)) lead_transferee_ = kNoNode;
+  // Fewer voters may make a quorum of acknowledgements already received (down to this node
+  // alone, which then hears from nobody).
+  ReleaseConfirmedReads();
 }
 
 void Node::MaybeStepDownAfterRemoval() {

@@ -220,6 +220,8 @@ class Node {
   void HandleHeartbeatResp(const Message& m, Progress& pr);
   void HandleReadRequest(NodeId from, std::string context);
   void HandleReadAck(NodeId from, const std::string& context);
+  // Answers the pending reads a quorum of the current voters has acknowledged.
+  void ReleaseConfirmedReads();
   void ReleaseReadsAwaitingCommit();
 
   // Replication.

@@ -566,5 +566,22 @@ TEST(RaftPaperTest, ReadIndexOnNewLeaderWaitsForItsFirstCommit) {
   EXPECT_GE(c[2].read_states[0].index, c.node(2).committed() - 1);
 }
 
+// A read waiting for acknowledgements is answered when a membership change leaves a quorum of
+// the remaining voters that acknowledged it (here: the leader alone).
+TEST(RaftPaperTest, ReadIndexPendingWhenVotersShrinkIsAnswered) {
+  Cluster c(2);
+  c.Elect(1);
+  const uint64_t commit = c.node(1).committed();
+  c.drop = [](const Message& m) { return m.from == 2; };  // node 2 never acknowledges
+  ASSERT_TRUE(c.node(1).ReadIndex("r").ok());
+  c.Stabilize();
+  EXPECT_TRUE(c[1].read_states.empty());
+  ASSERT_TRUE(c.node(1).ProposeConfChange({ConfChangeType::kRemoveNode, 2}).ok());
+  c.Stabilize();
+  ASSERT_EQ(c[1].read_states.size(), 1u);
+  EXPECT_EQ(c[1].read_states[0].context, "r");
+  EXPECT_EQ(c[1].read_states[0].index, commit);
+}
+
 }  // namespace
 }  // namespace herald::raft
