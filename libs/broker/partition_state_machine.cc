@@ -309,7 +309,9 @@ absl::StatusOr<FetchOutput> PartitionStateMachine::Fetch(uint64_t after_offset,
   ro.iterate_upper_bound = &upper_slice;
   auto it = engine_.NewIterator(Family::kPartition, ro);
   uint64_t bytes = 0;
+  uint64_t scanned = 0;
   for (it->Seek(MessageKey(start)); it->Valid(); it->Next()) {
+    if (++scanned > limits.max_scanned) return out;  // evaluated_through: the last one looked at
     std::string_view key(it->key().data(), it->key().size());
     key.remove_prefix(5);
     uint64_t offset = 0;

@@ -81,6 +81,10 @@ uint64_t WillProducerId(std::string_view client_id, uint64_t owner_epoch);
 struct FetchLimits {
   uint32_t max_messages = 1000;
   uint64_t max_bytes = 1 << 20;
+  // Stored messages looked at, matching or not: reads run on the Raft host's thread, so a
+  // filter that matches little must not scan a long log in one go (evaluated_through tells
+  // where to go on).
+  uint64_t max_scanned = 10000;
 };
 
 struct FetchOutput {

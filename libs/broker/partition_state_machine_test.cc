@@ -193,6 +193,14 @@ TEST_F(PartitionTest, FetchHonoursLimitsAndReportsHowFarItEvaluated) {
   EXPECT_EQ(none->evaluated_through, 10u);
   auto until = psm_->Fetch(0, 3, {"#"}, 2000, {});
   EXPECT_EQ(until->messages.size(), 3u);
+  // A scan budget: four messages looked at, two of them matching; resume after the fourth.
+  auto budget = psm_->Fetch(0, 0, {"odd"}, 2000, {.max_scanned = 4});
+  ASSERT_TRUE(budget.ok());
+  ASSERT_EQ(budget->messages.size(), 2u);  // offsets 2 and 4
+  EXPECT_EQ(budget->evaluated_through, 4u);
+  auto nothing = psm_->Fetch(0, 0, {"nobody"}, 2000, {.max_scanned = 3});
+  EXPECT_TRUE(nothing->messages.empty());
+  EXPECT_EQ(nothing->evaluated_through, 3u);
 }
 
 TEST_F(PartitionTest, DollarTopicsDoNotMatchLeadingWildcards) {
