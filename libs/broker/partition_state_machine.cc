@@ -378,7 +378,8 @@ absl::StatusOr<std::vector<v1::Message>> PartitionStateMachine::MatchRetained(
 
 absl::StatusOr<std::vector<v1::Message>> PartitionStateMachine::RetainedPage(
     const std::vector<std::string>& filters, std::string_view after_topic, int64_t now_unix_ms,
-    size_t max_messages, uint64_t max_bytes, std::string* next_after_topic) const {
+    size_t max_messages, uint64_t max_bytes, std::string* next_after_topic,
+    size_t max_scanned) const {
   std::vector<v1::Message> out;
   next_after_topic->clear();
   const std::string prefix = Key('r');
@@ -387,10 +388,17 @@ absl::StatusOr<std::vector<v1::Message>> PartitionStateMachine::RetainedPage(
   if (!after_topic.empty()) start.push_back('\0');  // strictly after
   auto it = engine_.NewIterator(Family::kPartition);
   uint64_t bytes = 0;
+  size_t scanned = 0;
+  std::string last_looked_at;
   for (it->Seek(start); it->Valid(); it->Next()) {
     std::string_view key(it->key().data(), it->key().size());
     if (!key.starts_with(prefix)) break;
     std::string_view topic = key.substr(prefix.size());
+    if (++scanned > max_scanned) {
+      *next_after_topic = last_looked_at;  // go on after it
+      break;
+    }
+    last_looked_at.assign(topic);
     if (!MatchesAny(filters, topic)) continue;
     if (!out.empty() && (out.size() >= max_messages || bytes + it->value().size() > max_bytes)) {
       *next_after_topic = out.back().topic();

@@ -140,13 +140,15 @@ class PartitionStateMachine {
                                                          size_t max_messages) const;
   // One page of retained messages whose topic matches any of `filters` and sorts strictly after
   // `after_topic`, in topic order, at most `max_messages` (at least one if any) and about
-  // `max_bytes`. `*next_after_topic` is set to the last topic returned when the page is full,
-  // else cleared.
+  // `max_bytes`, looking at no more than `max_scanned` retained messages (matching or not: the
+  // host's thread must not stall on a long scan). `*next_after_topic` is set to the last topic
+  // returned or looked at when the page ends early, else cleared.
   absl::StatusOr<std::vector<v1::Message>> RetainedPage(const std::vector<std::string>& filters,
                                                         std::string_view after_topic,
                                                         int64_t now_unix_ms, size_t max_messages,
                                                         uint64_t max_bytes,
-                                                        std::string* next_after_topic) const;
+                                                        std::string* next_after_topic,
+                                                        size_t max_scanned = 10000) const;
 
   // Retention: the trim that removes every message older than `max_age_ms` (0: no age limit)
   // and the oldest messages beyond `max_bytes` in total (0: no size limit), or nothing. The

@@ -203,6 +203,28 @@ TEST_F(PartitionTest, FetchHonoursLimitsAndReportsHowFarItEvaluated) {
   EXPECT_EQ(nothing->evaluated_through, 3u);
 }
 
+TEST_F(PartitionTest, RetainedPageLooksAtABoundedNumberOfMessages) {
+  std::vector<v1::Message> msgs;
+  for (const char* t : {"a/1", "a/2", "b/1", "b/2", "b/3"}) {
+    v1::Message m = Msg(t, t);
+    m.set_retain(true);
+    msgs.push_back(m);
+  }
+  Apply(1, PublishEntry(1000, msgs));
+  std::vector<std::string> got;
+  std::string after, next;
+  int pages = 0;
+  do {
+    auto page = psm_->RetainedPage({"b/#"}, after, 2000, 100, 1 << 20, &next, /*max_scanned=*/2);
+    ASSERT_TRUE(page.ok());
+    for (auto& m : *page) got.push_back(m.topic());
+    after = next;
+    ++pages;
+  } while (!after.empty() && pages < 10);
+  EXPECT_EQ(got, (std::vector<std::string>{"b/1", "b/2", "b/3"}));
+  EXPECT_EQ(pages, 3);  // a/1 a/2 | b/1 b/2 | b/3
+}
+
 TEST_F(PartitionTest, DollarTopicsDoNotMatchLeadingWildcards) {
   Apply(1, PublishEntry(1000, {Msg("$SYS/broker/load", "1"), Msg("a", "2")}));
   EXPECT_EQ(FetchAll("#").size(), 1u);
