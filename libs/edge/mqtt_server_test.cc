@@ -290,6 +290,13 @@ class MqttServerTest : public ::testing::TestWithParam<Version> {
     return std::make_unique<Client>(server_->address(), v);
   }
   Version version() const { return GetParam(); }
+  // Waits until the fake core holds `n` retained lookups (they start after the SUBACK).
+  void WaitForHeldLookups(size_t n) {
+    for (int i = 0; i < 300 && core_.HeldLookups() < n; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    ASSERT_EQ(core_.HeldLookups(), n);
+  }
 
   net::LoopGroup loops_{2, "mqtt-test"};
   FakeCore core_;
@@ -485,10 +492,7 @@ TEST_P(MqttServerTest, RetainedLookupAnsweredLateDoesNotRepeatLiveMessages) {
   auto sub = NewClient(version());
   sub->Connect("sub");
   sub->Subscribe("t/#", QoS::kAtMostOnce);
-  for (int i = 0; i < 300 && core_.HeldLookups() == 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  ASSERT_EQ(core_.HeldLookups(), 1u);
+  ASSERT_NO_FATAL_FAILURE(WaitForHeldLookups(1));
   ASSERT_NO_FATAL_FAILURE(publish_retained("t/new", 2));
   auto live = sub->Expect<mqtt::Publish>();
   EXPECT_EQ(live.topic, "t/new");
@@ -501,10 +505,7 @@ TEST_P(MqttServerTest, RetainedLookupAnsweredLateDoesNotRepeatLiveMessages) {
   auto sub2 = NewClient(version());
   sub2->Connect("sub2");
   sub2->Subscribe("t/#", QoS::kAtMostOnce);
-  for (int i = 0; i < 300 && core_.HeldLookups() == 0; ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  ASSERT_EQ(core_.HeldLookups(), 1u);
+  ASSERT_NO_FATAL_FAILURE(WaitForHeldLookups(1));
   core_.DeferDeliveries(true);
   ASSERT_NO_FATAL_FAILURE(publish_retained("t/third", 3));
   core_.AnswerRetained(/*live_through=*/2);
@@ -521,24 +522,18 @@ TEST_P(MqttServerTest, RetainedLookupAnsweredLateDoesNotRepeatLiveMessages) {
 TEST_P(MqttServerTest, OverlappingRetainedLookupsEachLeaveOutWhatArrivedAfterThem) {
   core_.StampOffsets();
   core_.HoldRetainedLookups();
-  auto wait_held = [&](size_t n) {
-    for (int i = 0; i < 300 && core_.HeldLookups() < n; ++i) {
-      std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    }
-    ASSERT_EQ(core_.HeldLookups(), n);
-  };
   auto pub = NewClient(version());
   pub->Connect("pub");
   auto sub = NewClient(version());
   sub->Connect("sub");
   sub->Subscribe("t/#", QoS::kAtMostOnce, 1);
-  ASSERT_NO_FATAL_FAILURE(wait_held(1));  // lookup A
+  ASSERT_NO_FATAL_FAILURE(WaitForHeldLookups(1));  // lookup A
   pub->Send(mqtt::Publish{.retain = true, .topic = "t/x", .payload = "x"});
   auto live = sub->Expect<mqtt::Publish>();
   EXPECT_EQ(live.topic, "t/x");
   EXPECT_FALSE(live.retain);
   sub->Subscribe("t/#", QoS::kAtMostOnce, 2);
-  ASSERT_NO_FATAL_FAILURE(wait_held(2));  // lookup B
+  ASSERT_NO_FATAL_FAILURE(WaitForHeldLookups(2));  // lookup B
   core_.AnswerRetained(/*live_through=*/1);  // A: t/x came live after it began
   sub->Send(mqtt::Pingreq{});
   sub->Expect<mqtt::Pingresp>();
