@@ -91,6 +91,10 @@ struct OutMessage {
   std::string shared_key;
   // A log message counted in the session's cursor (persistent sessions).
   bool from_log = false;
+  // A retained message sent because of a new subscription, with the position it was published
+  // at: kept in a persistent session's in-flight state like a log message, but not counted in
+  // the cursor.
+  bool as_retained = false;
 };
 
 struct Delivery {
@@ -619,6 +623,7 @@ class MqttSession final : public MqttServer::Endpoint {
       if (!out) continue;
       out->message = std::make_shared<const v1::Message>(std::move(m));
       out->retain = true;  // §3.3.1.3: sent because of a new subscription
+      out->as_retained = out->message->offset() != 0;
       Enqueue(std::move(*out), /*enforce_quota=*/false);
     }
   }
@@ -678,9 +683,18 @@ class MqttSession final : public MqttServer::Endpoint {
         if (m.offset() != offset) continue;
         OutMessage out;
         out.qos = static_cast<QoS>(qos);
+        // §3.3.4: the Subscription Identifiers of the subscriptions it (still) matches.
+        if (auto match = MatchOwn(m, nullptr, f.retained())) {
+          out.subscription_ids = std::move(match->subscription_ids);
+        }
         out.message = std::make_shared<const v1::Message>(std::move(m));
-        out.from_log = true;
-        P().unacked[out.message->partition()].insert(offset);
+        if (f.retained()) {
+          out.retain = true;
+          out.as_retained = true;
+        } else {
+          out.from_log = true;
+          P().unacked[out.message->partition()].insert(offset);
+        }
         SendOut(std::move(out), packet_id, /*dup=*/true);
         sent = true;
         break;
@@ -1872,6 +1886,13 @@ class MqttSession final : public MqttServer::Endpoint {
         if (auto it = P().safe.find(f.out.message->partition()); it != P().safe.end()) {
           m->set_epoch(it->second.epoch());
         }
+      } else if (f.out.as_retained && f.out.message) {
+        // MQTT-4.4.0-1: resent on reconnection like any unacknowledged PUBLISH.
+        m = update.add_put_inflight();
+        m->set_state(v1::INFLIGHT_STATE_AWAITING_ACK);
+        m->set_partition(f.out.message->partition());
+        m->set_offset(f.out.message->offset());
+        m->set_retained(true);
       }
       if (m == nullptr) continue;
       m->set_direction(v1::INFLIGHT_DIRECTION_OUTBOUND);
