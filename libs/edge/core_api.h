@@ -16,13 +16,6 @@
 
 namespace herald::edge {
 
-// What the MQTT server needs from the core (CoreClient implements it; tests fake it). Every
-// method is thread-safe; callbacks may run on any thread and must not block.
-//
-// Errors of the session methods: FAILED_PRECONDITION when the caller's owner epoch is stale (the
-// session was taken over: ErrorCode FENCED), NOT_FOUND when the session no longer exists,
-// UNAVAILABLE / DEADLINE_EXCEEDED when the core could not be reached in time (outcome unknown;
-// every session mutation is idempotent, so it may be retried).
 // The answer to a retained lookup.
 struct RetainedMessages {
   // One per topic, sorted by topic, each with its partition and offset.
@@ -32,8 +25,18 @@ struct RetainedMessages {
   // handed to the delivery callback before `done` runs; a message after it is delivered live
   // to every subscription applied before the lookup started. Absent: unknown.
   std::map<uint32_t, uint64_t> live_through;
+  // Per partition of `messages`: the epoch of their offsets (absent when pages of one partition
+  // were read in different epochs).
+  std::map<uint32_t, uint64_t> epochs;
 };
 
+// What the MQTT server needs from the core (CoreClient implements it; tests fake it). Every
+// method is thread-safe; callbacks may run on any thread and must not block.
+//
+// Errors of the session methods: FAILED_PRECONDITION when the caller's owner epoch is stale (the
+// session was taken over: ErrorCode FENCED), NOT_FOUND when the session no longer exists,
+// UNAVAILABLE / DEADLINE_EXCEEDED when the core could not be reached in time (outcome unknown;
+// every session mutation is idempotent, so it may be retried).
 class CoreApi {
  public:
   virtual ~CoreApi() = default;
@@ -53,7 +56,8 @@ class CoreApi {
   virtual std::optional<v1::PartitionPosition> LivePosition(uint32_t partition) = 0;
 
   // Reads committed messages of `partition` after `after` matching `filters` (at most
-  // `max_messages`), from the partition's leader.
+  // `max_messages`), from the partition's leader. OUT_OF_RANGE when `after` names a position
+  // that can no longer be read (cursor invalid, or its epoch was reset).
   virtual void Fetch(uint32_t partition, const v1::PartitionPosition& after,
                      std::vector<std::string> filters, uint32_t max_messages,
                      std::function<void(absl::StatusOr<v1::FetchResult>)> done) = 0;

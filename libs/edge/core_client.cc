@@ -35,6 +35,9 @@ absl::Status FromErrorInfo(const v1::ErrorInfo& e) {
       return absl::NotFoundError(StrCat("session not found: ", e.message()));
     case v1::ERROR_CODE_CURSOR_INVALID:
       return absl::OutOfRangeError(StrCat("cursor invalid: ", e.message()));
+    case v1::ERROR_CODE_EPOCH_CHANGED:
+      // The position names a history that was reset: asking again cannot help.
+      return absl::OutOfRangeError(StrCat("epoch changed: ", e.message()));
     case v1::ERROR_CODE_INVALID_ARGUMENT:
     case v1::ERROR_CODE_MESSAGE_TOO_LARGE:
       return absl::InvalidArgumentError(e.message());
@@ -979,6 +982,7 @@ void CoreClient::GetRetained(std::vector<std::string> filters, uint32_t max_mess
       // Read after every page arrived: deliveries up to these positions already reached the
       // delivery callback, so they come before whatever `done` posts.
       for (const auto& [p, epoch] : scan->epochs) {
+        if (epoch != 0) out.epochs[p] = epoch;
         std::optional<v1::PartitionPosition> live = LivePosition(p);
         if (epoch != 0 && live.has_value() && live->epoch() == epoch) {
           out.live_through[p] = live->offset();

@@ -92,9 +92,10 @@ struct OutMessage {
   // A log message counted in the session's cursor (persistent sessions).
   bool from_log = false;
   // A retained message sent because of a new subscription, with the position it was published
-  // at: kept in a persistent session's in-flight state like a log message, but not counted in
-  // the cursor.
+  // at (in this epoch, 0 if unknown): kept in a persistent session's in-flight state like a log
+  // message, but not counted in the cursor.
   bool as_retained = false;
+  uint64_t retained_epoch = 0;
 };
 
 struct Delivery {
@@ -607,11 +608,13 @@ class MqttSession final : public MqttServer::Endpoint {
       }
       keep.push_back(std::move(m));
     }
-    RetainedFound(std::move(filters), std::move(keep));
+    RetainedFound(std::move(filters), std::move(keep), &r.epochs);
     EndRetainedLookup(lookup);
   }
 
-  void RetainedFound(std::vector<std::string> filters, std::vector<v1::Message> messages) {
+  // `epochs`: of the messages' offsets, by partition (core lookups).
+  void RetainedFound(std::vector<std::string> filters, std::vector<v1::Message> messages,
+                     const std::map<uint32_t, uint64_t>* epochs = nullptr) {
     if (closing_ || !connected_) return;
     for (auto& m : messages) {
       if (queue_.size() >= 10 * hub_->options.max_queued_messages) {
@@ -624,6 +627,10 @@ class MqttSession final : public MqttServer::Endpoint {
       out->message = std::make_shared<const v1::Message>(std::move(m));
       out->retain = true;  // §3.3.1.3: sent because of a new subscription
       out->as_retained = out->message->offset() != 0;
+      if (epochs != nullptr) {
+        auto e = epochs->find(out->message->partition());
+        if (e != epochs->end()) out->retained_epoch = e->second;
+      }
       Enqueue(std::move(*out), /*enforce_quota=*/false);
     }
   }
@@ -683,14 +690,17 @@ class MqttSession final : public MqttServer::Endpoint {
         if (m.offset() != offset) continue;
         OutMessage out;
         out.qos = static_cast<QoS>(qos);
-        // §3.3.4: the Subscription Identifiers of the subscriptions it (still) matches.
+        // §3.3.4: the Subscription Identifiers of the subscriptions it (still) matches; Retain
+        // As Published for a log message.
         if (auto match = MatchOwn(m, nullptr, f.retained())) {
           out.subscription_ids = std::move(match->subscription_ids);
+          out.retain = match->retain;
         }
         out.message = std::make_shared<const v1::Message>(std::move(m));
         if (f.retained()) {
           out.retain = true;
           out.as_retained = true;
+          out.retained_epoch = f.epoch();
         } else {
           out.from_log = true;
           P().unacked[out.message->partition()].insert(offset);
@@ -701,7 +711,7 @@ class MqttSession final : public MqttServer::Endpoint {
       }
     }
     // Not resent: the catch-up delivers it like any other message it still matches.
-    if (!sent) P().resent.erase({f.partition(), f.offset()});
+    if (!sent && !f.retained()) P().resent.erase({f.partition(), f.offset()});
     if (!inflight_.count(packet_id) && extra_) extra_->reserved_ids.erase(packet_id);
     PumpCatchup();
   }
@@ -989,7 +999,8 @@ class MqttSession final : public MqttServer::Endpoint {
       } else if (f.state() == v1::INFLIGHT_STATE_AWAITING_ACK) {
         X().reserved_ids.insert(id);
         P().resend.push_back(f);
-        P().resent.insert({f.partition(), f.offset()});
+        // The catch-up skips a log message being resent (not the log copy of a retained one).
+        if (!f.retained()) P().resent.insert({f.partition(), f.offset()});
       }
     }
     for (const auto& pos : s.cursor().positions()) {
@@ -1725,7 +1736,10 @@ class MqttSession final : public MqttServer::Endpoint {
       hub_->WithCore([&](CoreApi* core) {
         if (core == nullptr) return;
         started = true;
-        core->Fetch(f.partition(), after, OwnFilters(), 1,
+        // MQTT-4.4.0-1: resent even if no subscription matches it any more.
+        std::vector<std::string> any = OwnFilters();
+        any.push_back("#");
+        core->Fetch(f.partition(), after, std::move(any), 1,
                     [st, sid, id, qos, offset](absl::StatusOr<v1::FetchResult> r) {
                       RunOnSession(st, sid, [id, qos, offset, r = std::move(r)](
                                                 MqttSession& s) mutable {
@@ -1892,12 +1906,17 @@ class MqttSession final : public MqttServer::Endpoint {
         m->set_state(v1::INFLIGHT_STATE_AWAITING_ACK);
         m->set_partition(f.out.message->partition());
         m->set_offset(f.out.message->offset());
+        m->set_epoch(f.out.retained_epoch);
         m->set_retained(true);
       }
       if (m == nullptr) continue;
       m->set_direction(v1::INFLIGHT_DIRECTION_OUTBOUND);
       m->set_packet_id(id);
       m->set_qos(static_cast<v1::QoS>(f.out.qos));
+    }
+    // Entries of the stored state not resent yet stay owed, with their packet ids.
+    if (ps_) {
+      ps_->resend.ForEach([&](const v1::InflightMessage& f) { *update.add_put_inflight() = f; });
     }
     for (uint16_t id : extra_ ? extra_->awaiting_rel : std::set<uint16_t>{}) {
       v1::InflightMessage* m = update.add_put_inflight();

@@ -6,7 +6,8 @@ For MQTT 3.1.1 and 5.0: a retained QoS 1 message exists; a persistent session su
 (RETAIN 1), does not acknowledge it and drops the connection. On reconnection (session present)
 the same message comes again with DUP 1, RETAIN 1 and its packet identifier; once acknowledged it
 is not sent again on the next reconnection. A live QoS 1 message left unacknowledged the same way
-comes again too (RETAIN 0).
+comes again too (RETAIN 0). With 5.0, a reconnection with Receive Maximum 1 that drops before
+the second resend must not lose it.
 
 usage: mqtt_redelivery_test.py BIN_DIR
 """
@@ -22,14 +23,16 @@ from mqtt_bad_input_test import (CONNACK, CONNECT, PUBACK, PUBLISH, SUBACK, V311
                                  publish_packet, puback_packet, subscribe_packet, varint)
 
 
-def persistent_connect(port, version, client_id):
-    """Connects with Clean Start 0 (5.0: Session Expiry Interval 300 s); returns (conn,
-    session_present)."""
+def persistent_connect(port, version, client_id, receive_maximum=0):
+    """Connects with Clean Start 0 (5.0: Session Expiry Interval 300 s, and Receive Maximum if
+    given); returns (conn, session_present)."""
     c = Raw(port)
     c.version = version
     vh = mqtt_str(b"MQTT") + bytes([version, 0x00]) + struct.pack("!H", 30)
     if version == V5:
         props = bytes([0x11]) + struct.pack("!I", 300)  # Session Expiry Interval
+        if receive_maximum:
+            props += bytes([0x21]) + struct.pack("!H", receive_maximum)
         vh += varint(len(props)) + props
     c.send(packet(CONNECT, 0, vh + mqtt_str(client_id)))
     t, _, body = c.read_packet()
@@ -115,6 +118,17 @@ def run(port, version):
     expect(live is not None and live[2] == b"live" and not live[4], "live copy: %r" % (live,))
     sub.close()  # no PUBACK for either
     time.sleep(1.0)  # the edge writes the session's in-flight state to the core
+
+    if version == V5:
+        # Receive Maximum 1: one message is resent, the other still waits when the connection
+        # drops again; neither may be forgotten.
+        sub, present = persistent_connect(port, version, client_id, receive_maximum=1)
+        expect(present, "session not present on reconnection (Receive Maximum 1)")
+        first = next_publish(sub)
+        expect(first is not None, "nothing resent with Receive Maximum 1")
+        expect(next_publish(sub, timeout=1.0) is None, "Receive Maximum 1 exceeded")
+        sub.close()
+        time.sleep(1.0)
 
     sub, present = persistent_connect(port, version, client_id)
     expect(present, "session not present on reconnection")
