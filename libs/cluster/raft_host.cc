@@ -1208,9 +1208,9 @@ void RaftHost::RunPass(Inbox& inbox) {
     }
     if (g->was_leader && !leader) {
       FailPending(*g, absl::UnavailableError("leadership lost; outcome unknown"));
-      AnswerReads(*g, /*gone=*/false);
       g->compaction_proposed = 0;
     }
+    // Not (or no longer) the leader: its reads are refused with a hint.
     if (!leader && g->reads_pending()) AnswerReads(*g, /*gone=*/false);
     if (leader && !g->installing) ServeReads(*g);
     g->was_leader = leader;
