@@ -15,6 +15,17 @@ endif()
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(LIBUV REQUIRED IMPORTED_TARGET libuv)
 
+# jemalloc replaces glibc's malloc in Herald's programs (docs/performance.md: the broker's hot
+# paths allocate from several threads, gRPC and RocksDB included, and glibc's arenas spend a
+# tenth of the CPU there). Not with the sanitizers, which bring their own allocator.
+option(HERALD_JEMALLOC "Link Herald's programs with jemalloc" ON)
+if(HERALD_JEMALLOC AND NOT HERALD_SANITIZE AND NOT HERALD_FUZZ)
+  pkg_check_modules(JEMALLOC REQUIRED IMPORTED_TARGET jemalloc)
+  set(HERALD_MALLOC PkgConfig::JEMALLOC)
+else()
+  set(HERALD_MALLOC "")
+endif()
+
 # http-parser ships neither a CMake config nor a pkg-config file.
 find_path(HTTP_PARSER_INCLUDE_DIR http_parser.h REQUIRED)
 find_library(HTTP_PARSER_LIBRARY http_parser REQUIRED)

@@ -112,25 +112,32 @@ absl::Status PartitionStateMachine::Load() {
   return LoadSessions();
 }
 
-void PartitionStateMachine::StageState(rocksdb::WriteBatch* batch) {
+void PartitionStateMachine::StageApplied(rocksdb::WriteBatch* batch) {
+  for (uint64_t pid : dirty_producers_) {
+    auto it = producers_.find(pid);
+    if (it == producers_.end()) continue;
+    batch->Put(engine_.handle(Family::kPartition), ProducerKey(pid), Serialized(it->second));
+  }
+  dirty_producers_.clear();
+  if (!state_dirty_) return;
   batch->Put(engine_.handle(Family::kPartition), Key('S'), Serialized(state_));
+  state_dirty_ = false;
 }
 
-void PartitionStateMachine::ApplyOther(uint64_t index, rocksdb::WriteBatch* batch) {
+void PartitionStateMachine::ApplyOther(uint64_t index) {
   if (index <= state_.applied_index()) return;
   state_.set_applied_index(index);
-  StageState(batch);
+  state_dirty_ = true;
 }
 
 void PartitionStateMachine::ApplyConf(uint64_t index, const std::vector<uint64_t>& voters,
-                                      const std::vector<uint64_t>& learners,
-                                      rocksdb::WriteBatch* batch) {
+                                      const std::vector<uint64_t>& learners) {
   if (index <= state_.applied_index()) return;
   state_.set_applied_index(index);
   state_.mutable_conf_voters()->Assign(voters.begin(), voters.end());
   state_.mutable_conf_learners()->Assign(learners.begin(), learners.end());
   state_.set_conf_index(index);
-  StageState(batch);
+  state_dirty_ = true;
 }
 
 absl::StatusOr<ApplyResult> PartitionStateMachine::Apply(uint64_t index, std::string_view data,
@@ -190,14 +197,8 @@ absl::StatusOr<ApplyResult> PartitionStateMachine::Apply(uint64_t index, std::st
     case v1::PartitionCommand::COMMAND_NOT_SET:
       break;  // a command from a newer version this one does not know: nothing to do
   }
-  for (uint64_t pid : dirty_producers_) {
-    auto it = producers_.find(pid);
-    if (it == producers_.end()) continue;
-    batch->Put(engine_.handle(Family::kPartition), ProducerKey(pid), Serialized(it->second));
-  }
-  dirty_producers_.clear();
   state_.set_applied_index(index);
-  StageState(batch);
+  state_dirty_ = true;
   return result;
 }
 
@@ -267,7 +268,7 @@ v1::PublishResult PartitionStateMachine::ApplyMessage(v1::Message& m, int64_t no
       rec.mutable_recent_offsets()->erase(rec.mutable_recent_offsets()->begin());
     }
     rec.set_last_publish_unix_ms(now);
-    // Written once per command (Apply), however many of its messages this producer sent.
+    // Written once per batch (StageApplied), however many of its messages this producer sent.
     dirty_producers_.insert(pid);
   }
   r.set_epoch(state_.epoch());

@@ -108,8 +108,16 @@ class PartitionStateMachine {
   // decoded is a corrupt log: error, and the host must stop this replica.
   absl::StatusOr<ApplyResult> Apply(uint64_t index, std::string_view data,
                                     rocksdb::WriteBatch* batch);
-  // Records that the entry at `index` (a Raft no-op or membership change) was applied.
-  void ApplyOther(uint64_t index, rocksdb::WriteBatch* batch);
+  // Records that the entry at `index` (a Raft no-op or membership change) was applied (staged
+  // by the next StageApplied).
+  void ApplyOther(uint64_t index);
+  // Stages the records every apply since the last call changed in place (the partition state
+  // with its applied index, producers' dedup records): once per batch, not once per entry, so a
+  // pass applying many entries writes each of them once. Must be called after the last Apply,
+  // ApplyOther or ApplyConf staged into `batch` and before `batch` is written: the applied
+  // index then lands in the same batch as what was applied (replay after a crash stays
+  // idempotent).
+  void StageApplied(rocksdb::WriteBatch* batch);
   // Tells the state machine that every batch it staged so far has been written to the Engine,
   // so it can drop its copies of sessions staged but not yet readable from the Engine.
   void Flushed();
@@ -158,8 +166,9 @@ class PartitionStateMachine {
                                                                uint64_t max_bytes) const;
 
   // Records that the entry at `index` changed the group's membership to `conf`.
+  // Staged by the next StageApplied.
   void ApplyConf(uint64_t index, const std::vector<uint64_t>& voters,
-                 const std::vector<uint64_t>& learners, rocksdb::WriteBatch* batch);
+                 const std::vector<uint64_t>& learners);
 
   uint32_t partition() const { return partition_; }
   uint64_t applied_index() const { return state_.applied_index(); }
@@ -195,14 +204,14 @@ class PartitionStateMachine {
   void DeleteSession(const std::string& client_id, rocksdb::WriteBatch* batch);
   void IndexSession(const std::string& client_id, const v1::SessionRecord* rec);
   v1::ProducerRecord* Producer(uint64_t producer_id);
-  void StageState(rocksdb::WriteBatch* batch);
 
   std::string Key(char kind) const;
   std::string MessageKey(uint64_t offset) const;
   std::string RetainedKey(std::string_view topic) const;
   std::string ProducerKey(uint64_t producer_id) const;
-  // Producers whose record changed in the command being applied.
+  // Producers whose record changed since the last StageApplied, and whether state_ did.
   std::set<uint64_t> dirty_producers_;
+  bool state_dirty_ = false;
   std::string SessionKey(std::string_view client_id) const;
   std::string WillKey(uint64_t will_id) const;
 

@@ -52,6 +52,7 @@ class PartitionTest : public ::testing::Test {
     rocksdb::WriteBatch b;
     auto r = psm_->Apply(index, data, &b);
     EXPECT_TRUE(r.ok()) << r.status();
+    psm_->StageApplied(&b);
     EXPECT_TRUE(engine_->Write(&b).ok());
     return r.ok() ? *r : ApplyResult{};
   }
@@ -111,6 +112,31 @@ TEST_F(PartitionTest, IdempotentPublishDropsDuplicatesAndReportsTheOriginalOffse
   auto msgs = FetchAll("t");
   ASSERT_EQ(msgs.size(), 3u);
   EXPECT_EQ(msgs[2].payload(), "c");
+}
+
+TEST_F(PartitionTest, EntriesAppliedIntoOneBatchWriteStateAndProducersOnce) {
+  // The host applies every committed entry of a pass into one batch and stages the records
+  // they changed once, after the last of them.
+  rocksdb::WriteBatch b;
+  ASSERT_TRUE(psm_->Apply(1, PublishEntry(1000, {Msg("t", "a", 77, 1), Msg("t", "b", 77, 2)}), &b)
+                  .ok());
+  ASSERT_TRUE(psm_->Apply(2, PublishEntry(1001, {Msg("t", "c", 77, 3)}), &b).ok());
+  psm_->ApplyOther(3);
+  EXPECT_EQ(b.Count(), 3u);  // the messages only: nothing in-place staged yet
+  psm_->StageApplied(&b);
+  EXPECT_EQ(b.Count(), 5u);  // + one producer record + one state record
+  ASSERT_TRUE(engine_->Write(&b).ok());
+  rocksdb::WriteBatch empty;
+  psm_->StageApplied(&empty);
+  EXPECT_EQ(empty.Count(), 0u);  // nothing changed since
+  Reopen();
+  EXPECT_EQ(psm_->applied_index(), 3u);
+  auto r = Apply(4, PublishEntry(1002, {Msg("t", "c", 77, 3), Msg("t", "d", 77, 4)}));
+  ASSERT_EQ(r.publish.size(), 2u);
+  EXPECT_TRUE(r.publish[0].duplicate());
+  EXPECT_EQ(r.publish[0].offset(), 3u);
+  EXPECT_EQ(r.publish[1].offset(), 4u);
+  EXPECT_EQ(FetchAll("t").size(), 4u);
 }
 
 TEST_F(PartitionTest, SequenceGapIsRefusedAndNothingIsAppended) {

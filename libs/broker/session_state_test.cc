@@ -101,6 +101,7 @@ class SessionStateTest : public ::testing::Test {
     rocksdb::WriteBatch b;
     auto r = psm_->Apply(++index_, data, &b);
     EXPECT_TRUE(r.ok()) << r.status();
+    psm_->StageApplied(&b);
     EXPECT_TRUE(engine_->Write(&b).ok());
     psm_->Flushed();
     return r.ok() ? *r : ApplyResult{};

@@ -1090,11 +1090,12 @@ void RaftHost::RunPass(Inbox& inbox) {
         if (through >= g.compaction_proposed) g.compaction_proposed = 0;
         applied.push_back(Applied{&g, e.index, e.term, std::move(*r)});
       } else {
-        g.sm->ApplyOther(e.index, &batch);
+        g.sm->ApplyOther(e.index);
         applied.push_back(Applied{&g, e.index, e.term, {}});
       }
       g.stash.pop_front();
     }
+    if (n > 0 && g.sm) g.sm->StageApplied(&batch);
     readies.push_back(Collected{&g, std::move(rd), has_ready, n});
   }
   stats_.passes.fetch_add(1, std::memory_order_relaxed);
@@ -1265,7 +1266,7 @@ void RaftHost::ApplyConfEntry(Group& g, const raft::Entry& e, rocksdb::WriteBatc
   if (g.meta) {
     g.meta->ApplyConf(e.index, g.applied_conf.voters, g.applied_conf.learners, batch);
   } else {
-    g.sm->ApplyConf(e.index, g.applied_conf.voters, g.applied_conf.learners, batch);
+    g.sm->ApplyConf(e.index, g.applied_conf.voters, g.applied_conf.learners);
   }
   spdlog::info("raft group {}: membership now voters [{}] learners [{}]", g.id,
                fmt::join(g.applied_conf.voters, ","), fmt::join(g.applied_conf.learners, ","));

@@ -2,7 +2,7 @@
 //
 //   herald-bench publish --servers=127.0.0.1:7070[,host:port...] --partitions=8
 //                        --publishers=50 --batch=1 --payload=100 --topics=100 --duration=10s
-//                        --warmup=1s
+//                        --warmup=1s [--client=grpc|edge]
 //
 // `publish` runs N publishers, each sending Publish requests of `batch` messages (one topic per
 // request, topics spread over partitions) to the partition's leader (following NOT_LEADER
@@ -11,6 +11,13 @@
 // line every second. Requests acknowledged during the warm-up are not counted. Publishers use
 // gRPC's callback API and share its threads, so the load generator takes little of the
 // machine it measures.
+//
+// With --client=edge the publishers instead share one edge CoreClient (libs/edge), the client
+// Herald's edges publish through: each publisher still publishes `batch` messages and waits for
+// their acknowledgement, but the client queues messages per partition and keeps one Publish
+// request in flight per partition, so what many publishers send meanwhile goes in one request
+// (the way an edge carries its MQTT, WebSocket and HTTP publishers' messages to the core).
+// Latency is then measured from the publisher's call to its acknowledgement, queueing included.
 //
 //   herald-bench mqtt --host 127.0.0.1 --port 1883 --publishers 100 --subscribers 100
 //                     --topics 100 --qos 0 --size 100 --rate 0 --duration 10 --version 4
@@ -63,6 +70,7 @@
 #include "herald/v1/broker.grpc.pb.h"
 #include "libs/common/partitioning.h"
 #include "libs/common/strings.h"
+#include "libs/edge/core_client.h"
 #include "libs/protocol/mqtt/codec.h"
 
 namespace {
@@ -78,6 +86,7 @@ struct Options {
   int topics = 100;
   absl::Duration duration = absl::Seconds(10);
   absl::Duration warmup = absl::Seconds(1);
+  bool edge_client = false;  // --client=edge
 };
 
 // Reads the flag at argv[*i] as `--key=value` or `--key value`, advancing *i past it.
@@ -134,6 +143,9 @@ bool ParseFlags(int argc, char** argv, Options* o) {
       double secs = 0;
       ok = ParseSeconds(v, &secs);
       o->warmup = absl::Seconds(secs);
+    } else if (k == "client") {
+      ok = v == "grpc" || v == "edge";
+      o->edge_client = v == "edge";
     } else {
       ok = false;
     }
@@ -145,20 +157,135 @@ bool ParseFlags(int argc, char** argv, Options* o) {
   return true;
 }
 
+// What every publish run shares: counters, the retry timer, progress lines and the summary.
+struct PublishRun {
+  explicit PublishRun(const Options& options)
+      : o(options), measuring(options.warmup <= absl::ZeroDuration()) {}
+
+  const Options& o;
+  std::atomic<uint64_t> acked{0}, errors{0}, redirects{0};
+  std::atomic<bool> stop{false};
+  std::atomic<bool> measuring;
+
+  // Runs `fn` (on the driver thread) after 20 ms: a publisher retrying after an error.
+  void RetryLater(std::function<void()> fn) {
+    std::lock_guard<std::mutex> l(mu_);
+    retries_.emplace_back(Clock::now() + std::chrono::milliseconds(20), std::move(fn));
+    cv_.notify_all();
+  }
+  // A publisher stopped for good (the run is over).
+  void Stopped() {
+    std::lock_guard<std::mutex> l(mu_);
+    ++stopped_;
+    cv_.notify_all();
+  }
+
+  // Drives the run once every publisher has started: warm-up, measurement with a progress line
+  // every second, then waits for all `publishers` to stop. Returns the measured seconds.
+  double Drive() {
+    if (o.warmup > absl::ZeroDuration()) {
+      ServeRetries(Clock::now() + absl::ToChronoMilliseconds(o.warmup));
+      measuring = true;
+    }
+    auto begin = Clock::now();
+    auto end = begin + absl::ToChronoMilliseconds(o.duration);
+    uint64_t last = 0;
+    while (Clock::now() < end) {
+      ServeRetries(std::min(end, Clock::now() + std::chrono::seconds(1)));
+      uint64_t now = acked.load();
+      std::fprintf(stderr,
+                   "  %5.1fs  %8llu msg/s  (%llu acknowledged, %llu retries, %llu redirects)\n",
+                   std::chrono::duration<double>(Clock::now() - begin).count(),
+                   static_cast<unsigned long long>(now - last),
+                   static_cast<unsigned long long>(now),
+                   static_cast<unsigned long long>(errors.load()),
+                   static_cast<unsigned long long>(redirects.load()));
+      last = now;
+    }
+    // Acknowledgements after this point are not counted.
+    measuring = false;
+    double secs = std::chrono::duration<double>(Clock::now() - begin).count();
+    stop = true;
+    // Publishers with a request in flight stop when it completes; those waiting to retry stop
+    // here.
+    std::unique_lock<std::mutex> l(mu_);
+    stopped_ += static_cast<int>(retries_.size());
+    retries_.clear();
+    cv_.wait(l, [&] { return stopped_ == o.publishers; });
+    return secs;
+  }
+
+  int Summary(double secs, std::vector<uint32_t> l) const {
+    std::sort(l.begin(), l.end());
+    auto pct = [&](double q) -> double {
+      if (l.empty()) return 0;
+      return l[std::min(l.size() - 1, static_cast<size_t>(q * static_cast<double>(l.size())))] /
+             1000.0;
+    };
+    std::printf(
+        "publish: client=%s publishers=%d batch=%d payload=%dB servers=%zu  ->  %.0f msg/s "
+        "acknowledged, latency p50 %.2f ms, p99 %.2f ms, p999 %.2f ms (%llu msgs, %llu retries, "
+        "%llu redirects)\n",
+        o.edge_client ? "edge" : "grpc", o.publishers, o.batch, o.payload, o.servers.size(),
+        static_cast<double>(acked.load()) / secs, pct(0.5), pct(0.99), pct(0.999),
+        static_cast<unsigned long long>(acked.load()),
+        static_cast<unsigned long long>(errors.load()),
+        static_cast<unsigned long long>(redirects.load()));
+    return acked.load() > 0 ? 0 : 1;
+  }
+
+  // Counts an acknowledged batch started at `start` (when measuring).
+  void Acked(Clock::time_point start, std::vector<uint32_t>* lat) {
+    if (!measuring.load(std::memory_order_relaxed)) return;
+    auto us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
+    for (int i = 0; i < o.batch; ++i) lat->push_back(static_cast<uint32_t>(us.count()));
+    acked.fetch_add(static_cast<uint64_t>(o.batch), std::memory_order_relaxed);
+  }
+
+ private:
+  // Runs the retries that are due; returns once `until` has passed.
+  void ServeRetries(Clock::time_point until) {
+    while (Clock::now() < until) {
+      std::vector<std::function<void()>> due;
+      {
+        std::unique_lock<std::mutex> l(mu_);
+        cv_.wait_for(l, std::chrono::milliseconds(5));
+        auto now = Clock::now();
+        for (size_t i = 0; i < retries_.size();) {
+          if (retries_[i].first <= now) {
+            due.push_back(std::move(retries_[i].second));
+            retries_[i] = std::move(retries_.back());
+            retries_.pop_back();
+          } else {
+            ++i;
+          }
+        }
+      }
+      for (auto& fn : due) fn();
+    }
+  }
+
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<std::pair<Clock::time_point, std::function<void()>>> retries_;
+  int stopped_ = 0;
+};
+
+// Producer ids are fresh on every run: the core remembers (producer, sequence) pairs, and a run
+// reusing an earlier run's ids would see its first sequences acknowledged as duplicates without
+// being written.
+uint64_t RunSeed() {
+  std::random_device entropy;
+  return (static_cast<uint64_t>(entropy()) << 32) ^ entropy() ^
+         static_cast<uint64_t>(Clock::now().time_since_epoch().count());
+}
+
 // One logical publisher: one Publish request outstanding at a time, sent with gRPC's callback
 // API, so that fifty publishers cost the machine little more than one (no thread each).
 struct Publisher {
-  const Options* o = nullptr;
+  PublishRun* run = nullptr;
   std::vector<std::unique_ptr<herald::v1::Broker::Stub>>* stubs = nullptr;
-  std::atomic<uint64_t>* acked = nullptr;
-  std::atomic<uint64_t>* errors = nullptr;
-  std::atomic<uint64_t>* redirects = nullptr;
-  std::atomic<bool>* stop = nullptr;
-  std::atomic<bool>* measuring = nullptr;
   const std::string* payload = nullptr;
-  // Called (from a gRPC thread) when this publisher stops for good, or wants a retry after a
-  // pause (`retry` true).
-  std::function<void(Publisher*, bool retry)> idle;
 
   std::map<uint32_t, size_t> leader;  // partition -> server index
   std::map<uint32_t, uint64_t> seq;
@@ -173,14 +300,15 @@ struct Publisher {
   std::vector<uint32_t> lat;
 
   void Next() {
-    if (stop->load(std::memory_order_relaxed)) {
-      idle(this, false);
+    if (run->stop.load(std::memory_order_relaxed)) {
+      run->Stopped();
       return;
     }
-    std::string topic = "bench/" + std::to_string(rnd() % o->topics);
-    partition = herald::PartitionFor(topic, o->partitions);
+    const Options& o = run->o;
+    std::string topic = "bench/" + std::to_string(rnd() % o.topics);
+    partition = herald::PartitionFor(topic, o.partitions);
     req.Clear();
-    for (int i = 0; i < o->batch; ++i) {
+    for (int i = 0; i < o.batch; ++i) {
       auto* m = req.add_messages();
       m->set_topic(topic);
       m->set_payload(*payload);
@@ -194,8 +322,8 @@ struct Publisher {
 
   // Sends (or resends: same sequences) the current request until it is acknowledged.
   void Send() {
-    if (stop->load(std::memory_order_relaxed)) {
-      idle(this, false);
+    if (run->stop.load(std::memory_order_relaxed)) {
+      run->Stopped();
       return;
     }
     server = leader.count(partition) ? leader[partition] : (partition % stubs->size());
@@ -223,31 +351,102 @@ struct Publisher {
       leader[partition] = (server + 1) % stubs->size();
     }
     if (ok) {
-      if (measuring->load(std::memory_order_relaxed)) {
-        auto us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
-        for (int i = 0; i < o->batch; ++i) lat.push_back(static_cast<uint32_t>(us.count()));
-        acked->fetch_add(static_cast<uint64_t>(o->batch), std::memory_order_relaxed);
-      }
+      run->Acked(start, &lat);
       Next();
       return;
     }
-    if (stop->load(std::memory_order_relaxed)) {
-      idle(this, false);  // the run is over: no retry (nobody would serve it)
+    if (run->stop.load(std::memory_order_relaxed)) {
+      run->Stopped();  // the run is over: no retry (nobody would serve it)
       return;
     }
     // Sent to a follower that named the leader: go there at once. Anything else (no leader
     // yet, overload, a node down) is retried after a pause.
     if (redirected) {
-      redirects->fetch_add(1, std::memory_order_relaxed);
+      run->redirects.fetch_add(1, std::memory_order_relaxed);
       Send();
       return;
     }
-    errors->fetch_add(1, std::memory_order_relaxed);
-    idle(this, true);
+    run->errors.fetch_add(1, std::memory_order_relaxed);
+    run->RetryLater([this] { Send(); });
   }
 };
 
+// A publisher of --client=edge: publishes through the shared edge CoreClient, which assigns
+// producer ids and sequences, follows leaders and retries by itself.
+struct EdgePublisher {
+  PublishRun* run = nullptr;
+  herald::edge::CoreClient* client = nullptr;
+  const std::string* payload = nullptr;
+  std::mt19937_64 rnd;
+  Clock::time_point start;
+  std::vector<uint32_t> lat;
+
+  void Next() {
+    if (run->stop.load(std::memory_order_relaxed)) {
+      run->Stopped();
+      return;
+    }
+    const Options& o = run->o;
+    std::string topic = "bench/" + std::to_string(rnd() % o.topics);
+    std::vector<herald::v1::Message> messages(static_cast<size_t>(o.batch));
+    for (auto& m : messages) {
+      m.set_topic(topic);
+      m.set_payload(*payload);
+      m.set_qos(herald::v1::QOS_AT_LEAST_ONCE);
+    }
+    start = Clock::now();
+    client->Publish(std::move(messages), [this](const absl::Status& s) { Done(s); });
+  }
+
+  void Done(const absl::Status& s) {
+    if (s.ok()) {
+      run->Acked(start, &lat);
+      Next();
+      return;
+    }
+    if (run->stop.load(std::memory_order_relaxed)) {
+      run->Stopped();
+      return;
+    }
+    // The client already retried until its publish timeout (or refused at once: a full
+    // queue); publish the next batch after a pause, never from inside this callback.
+    run->errors.fetch_add(1, std::memory_order_relaxed);
+    run->RetryLater([this] { Next(); });
+  }
+};
+
+int RunPublishEdge(const Options& o) {
+  herald::edge::CoreClientOptions co;
+  co.addresses = o.servers;
+  co.partitions = o.partitions;
+  co.edge_id = "herald-bench";
+  herald::edge::CoreClient client(co, [](const std::vector<herald::v1::Message*>&) {});
+  if (absl::Status s = client.Start(); !s.ok()) {
+    std::fprintf(stderr, "herald-bench: %s\n", s.ToString().c_str());
+    return 1;
+  }
+  PublishRun run(o);
+  const uint64_t seed = RunSeed();
+  const std::string payload(static_cast<size_t>(o.payload), 'x');
+  std::vector<std::unique_ptr<EdgePublisher>> pubs;
+  for (int t = 0; t < o.publishers; ++t) {
+    auto p = std::make_unique<EdgePublisher>();
+    p->run = &run;
+    p->client = &client;
+    p->payload = &payload;
+    p->rnd.seed(seed + static_cast<uint64_t>(t) * 7919);
+    pubs.push_back(std::move(p));
+  }
+  for (auto& p : pubs) p->Next();
+  double secs = run.Drive();
+  client.Shutdown();
+  std::vector<uint32_t> l;
+  for (auto& p : pubs) l.insert(l.end(), p->lat.begin(), p->lat.end());
+  return run.Summary(secs, std::move(l));
+}
+
 int RunPublish(const Options& o) {
+  if (o.edge_client) return RunPublishEdge(o);
   std::vector<std::shared_ptr<grpc::Channel>> channels;
   for (const auto& s : o.servers) {
     grpc::ChannelArguments args;
@@ -256,111 +455,24 @@ int RunPublish(const Options& o) {
   }
   std::vector<std::unique_ptr<herald::v1::Broker::Stub>> stubs;
   for (auto& c : channels) stubs.push_back(herald::v1::Broker::NewStub(c));
-  std::atomic<uint64_t> acked{0}, errors{0}, redirects{0};
-  std::atomic<bool> stop{false}, measuring{o.warmup <= absl::ZeroDuration()};
-  // Producer ids are fresh on every run: the core remembers (producer, sequence) pairs, and a
-  // run reusing an earlier run's ids would see its first sequences acknowledged as duplicates
-  // without being written.
-  std::random_device entropy;
-  const uint64_t run_seed = (static_cast<uint64_t>(entropy()) << 32) ^ entropy() ^
-                            static_cast<uint64_t>(Clock::now().time_since_epoch().count());
+  PublishRun run(o);
+  const uint64_t seed = RunSeed();
   const std::string payload(static_cast<size_t>(o.payload), 'x');
-  // Publishers waiting to retry (after 20 ms) and the number that stopped.
-  std::mutex idle_mu;
-  std::condition_variable idle_cv;
-  std::vector<std::pair<Clock::time_point, Publisher*>> retries;
-  int stopped = 0;
   std::vector<std::unique_ptr<Publisher>> pubs;
   for (int t = 0; t < o.publishers; ++t) {
     auto p = std::make_unique<Publisher>();
-    p->o = &o;
+    p->run = &run;
     p->stubs = &stubs;
-    p->acked = &acked;
-    p->errors = &errors;
-    p->redirects = &redirects;
-    p->stop = &stop;
-    p->measuring = &measuring;
     p->payload = &payload;
-    p->rnd.seed(run_seed + static_cast<uint64_t>(t) * 7919);
+    p->rnd.seed(seed + static_cast<uint64_t>(t) * 7919);
     p->producer = p->rnd() | 1;
-    p->idle = [&](Publisher* pub, bool retry) {
-      std::lock_guard<std::mutex> l(idle_mu);
-      if (retry) {
-        retries.emplace_back(Clock::now() + std::chrono::milliseconds(20), pub);
-      } else {
-        ++stopped;
-      }
-      idle_cv.notify_all();
-    };
     pubs.push_back(std::move(p));
   }
   for (auto& p : pubs) p->Next();
-  // Runs the retries that are due; returns once `until` has passed.
-  auto serve_retries = [&](Clock::time_point until) {
-    while (Clock::now() < until) {
-      std::vector<Publisher*> due;
-      {
-        std::unique_lock<std::mutex> l(idle_mu);
-        idle_cv.wait_for(l, std::chrono::milliseconds(5));
-        auto now = Clock::now();
-        for (size_t i = 0; i < retries.size();) {
-          if (retries[i].first <= now) {
-            due.push_back(retries[i].second);
-            retries[i] = retries.back();
-            retries.pop_back();
-          } else {
-            ++i;
-          }
-        }
-      }
-      for (Publisher* p : due) p->Send();
-    }
-  };
-  if (o.warmup > absl::ZeroDuration()) {
-    serve_retries(Clock::now() + absl::ToChronoMilliseconds(o.warmup));
-    measuring = true;
-  }
-  auto begin = Clock::now();
-  auto end = begin + absl::ToChronoMilliseconds(o.duration);
-  uint64_t last = 0;
-  while (Clock::now() < end) {
-    serve_retries(Clock::now() + std::chrono::seconds(1));
-    uint64_t now = acked.load();
-    std::fprintf(stderr,
-                 "  %5.1fs  %8llu msg/s  (%llu acknowledged, %llu retries, %llu redirects)\n",
-                 std::chrono::duration<double>(Clock::now() - begin).count(),
-                 static_cast<unsigned long long>(now - last), static_cast<unsigned long long>(now),
-                 static_cast<unsigned long long>(errors.load()),
-                 static_cast<unsigned long long>(redirects.load()));
-    last = now;
-  }
-  stop = true;
-  {
-    // Publishers with a request in flight stop when it completes; those waiting to retry stop
-    // here.
-    std::unique_lock<std::mutex> l(idle_mu);
-    stopped += static_cast<int>(retries.size());
-    retries.clear();
-    idle_cv.wait(l, [&] { return stopped == o.publishers; });
-  }
-  double secs = std::chrono::duration<double>(Clock::now() - begin).count();
+  double secs = run.Drive();
   std::vector<uint32_t> l;
   for (auto& p : pubs) l.insert(l.end(), p->lat.begin(), p->lat.end());
-  std::sort(l.begin(), l.end());
-  auto pct = [&](double q) -> double {
-    if (l.empty()) return 0;
-    return l[std::min(l.size() - 1, static_cast<size_t>(q * static_cast<double>(l.size())))] /
-           1000.0;
-  };
-  std::printf(
-      "publish: publishers=%d batch=%d payload=%dB servers=%zu  ->  %.0f msg/s acknowledged, "
-      "latency p50 %.2f ms, p99 %.2f ms, p999 %.2f ms (%llu msgs, %llu retries, %llu "
-      "redirects)\n",
-      o.publishers, o.batch, o.payload, o.servers.size(), static_cast<double>(acked.load()) / secs,
-      pct(0.5), pct(0.99), pct(0.999), static_cast<unsigned long long>(acked.load()),
-      static_cast<unsigned long long>(errors.load()),
-      static_cast<unsigned long long>(redirects.load()));
-  return acked.load() > 0 ? 0 : 1;
+  return run.Summary(secs, std::move(l));
 }
 
 // ---------------------------------------------------------------------------------------------
