@@ -705,7 +705,8 @@ class MqttSession final : public MqttServer::Endpoint {
           out.from_log = true;
           P().unacked[out.message->partition()].insert(offset);
         }
-        SendOut(std::move(out), packet_id, /*dup=*/true);
+        // Never sent before when it was still queued at the end of the last connection.
+        SendOut(std::move(out), packet_id, /*dup=*/!f.queued());
         sent = true;
         break;
       }
@@ -1913,6 +1914,27 @@ class MqttSession final : public MqttServer::Endpoint {
       m->set_direction(v1::INFLIGHT_DIRECTION_OUTBOUND);
       m->set_packet_id(id);
       m->set_qos(static_cast<v1::QoS>(f.out.qos));
+    }
+    // Retained QoS 1 and 2 messages sent because of a new subscription but still queued behind
+    // the client's Receive Maximum are session state too (MQTT 5.0 §4.1: "QoS 1 and QoS 2
+    // messages pending transmission to the Client"): owed under packet ids reserved now, sent
+    // on reconnection as first deliveries. Log messages still queued need no entry: the cursor
+    // does not pass them.
+    for (size_t i = 0; i < queue_.size(); ++i) {
+      const OutMessage& q = queue_[i];
+      if (!q.as_retained || !q.message || q.qos == QoS::kAtMostOnce) continue;
+      uint16_t id = NextPacketId();
+      X().reserved_ids.insert(id);
+      v1::InflightMessage* m = update.add_put_inflight();
+      m->set_direction(v1::INFLIGHT_DIRECTION_OUTBOUND);
+      m->set_packet_id(id);
+      m->set_state(v1::INFLIGHT_STATE_AWAITING_ACK);
+      m->set_qos(static_cast<v1::QoS>(q.qos));
+      m->set_partition(q.message->partition());
+      m->set_offset(q.message->offset());
+      m->set_epoch(q.retained_epoch);
+      m->set_retained(true);
+      m->set_queued(true);
     }
     // Entries of the stored state not resent yet stay owed, with their packet ids.
     if (ps_) {

@@ -7,7 +7,9 @@ For MQTT 3.1.1 and 5.0: a retained QoS 1 message exists; a persistent session su
 the same message comes again with DUP 1, RETAIN 1 and its packet identifier; once acknowledged it
 is not sent again on the next reconnection. A live QoS 1 message left unacknowledged the same way
 comes again too (RETAIN 0). With 5.0, a reconnection with Receive Maximum 1 that drops before
-the second resend must not lose it.
+the second resend must not lose it; and retained messages still queued behind Receive Maximum 1
+when the connection drops (never sent) come on reconnection as first deliveries (DUP 0,
+RETAIN 1), after the unacknowledged one is resent.
 
 usage: mqtt_redelivery_test.py BIN_DIR
 """
@@ -158,6 +160,63 @@ def run(port, version):
     pub.close()
 
 
+def run_queued(port):
+    """5.0: three retained QoS 1 messages for a subscription of a session with Receive Maximum
+    1; only the first is sent before the connection drops, none acknowledged."""
+    version = V5
+    pub = Raw(port)
+    pub.version = version
+    pub.send(packet(CONNECT, 0, mqtt_str(b"MQTT") + bytes([version, 0x02]) +
+                    struct.pack("!H", 30) + varint(0) + mqtt_str("pub-queued")))
+    expect(pub.read_packet()[0] == CONNACK, "publisher: no CONNACK")
+    names = [b"q1", b"q2", b"q3"]
+    for i, name in enumerate(names):
+        pub.send(publish_packet(version, "queued/v5/" + name.decode(), name, qos=1,
+                                packet_id=i + 1, flags=0x03))
+        expect(pub.read_packet()[0] == PUBACK, "publisher: no PUBACK")
+    pub.close()
+
+    client_id = "redelivery-queued"
+    sub, _ = persistent_connect(port, version, client_id, receive_maximum=1)
+    sub.send(subscribe_packet(version, "queued/v5/+", qos=1, packet_id=1))
+    first = next_publish(sub)
+    expect(first is not None and first[4] and not first[3], "first retained copy: %r" % (first,))
+    expect(next_publish(sub, timeout=1.0) is None, "Receive Maximum 1 exceeded")
+    sub.close()
+    time.sleep(1.0)
+
+    sub, present = persistent_connect(port, version, client_id)
+    expect(present, "session not present on reconnection")
+    got = {}
+    while len(got) < 3:
+        p = next_publish(sub)
+        expect(p is not None, "retained messages lost: got only %r" % sorted(got))
+        expect(p[2] not in got, "%r delivered twice" % p[2])
+        got[p[2]] = p
+        sub.send(puback_packet(p[1]))
+    expect(sorted(got) == names, "got %r" % sorted(got))
+    again = got[first[2]]
+    expect(again[1] == first[1] and again[3] and again[4],
+           "unacknowledged one resent as %r (want packet id %d, DUP 1, RETAIN 1)" %
+           (again, first[1]))
+    for name in names:
+        if name == first[2]:
+            continue
+        q = got[name]
+        expect(not q[3] and q[4] and q[5] == 1,
+               "queued one delivered as %r (want DUP 0, RETAIN 1, QoS 1)" % (q,))
+    ids = [p[1] for p in got.values()]
+    expect(len(set(ids)) == 3, "packet ids reused: %r" % ids)
+    time.sleep(0.5)
+    sub.close()
+    time.sleep(1.0)
+    sub, present = persistent_connect(port, version, client_id)
+    expect(present, "session not present on the second reconnection")
+    extra = next_publish(sub, timeout=1.5)
+    expect(extra is None, "acknowledged message sent again: %r" % (extra,))
+    sub.close()
+
+
 def main():
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     if len(sys.argv) != 2:
@@ -174,6 +233,12 @@ def main():
             except (AssertionError, Closed, socket.timeout, OSError) as e:
                 failed += 1
                 print("MQTT %s: FAILED: %s" % (name, e))
+        try:
+            run_queued(herald.mqtt_port)
+            print("MQTT 5.0: retained messages queued behind Receive Maximum kept: ok")
+        except (AssertionError, Closed, socket.timeout, OSError) as e:
+            failed += 1
+            print("MQTT 5.0 (queued retained): FAILED: %s" % e)
     finally:
         herald.stop()
     if failed:
