@@ -15,7 +15,7 @@ endif()
 find_package(PkgConfig REQUIRED)
 pkg_check_modules(LIBUV REQUIRED IMPORTED_TARGET libuv)
 
-# jemalloc replaces glibc's malloc in Herald's programs (docs/performance.md: the broker's hot
+# jemalloc replaces glibc's malloc in Herald's programs (docs/core.md, Performance: the broker's hot
 # paths allocate from several threads, gRPC and RocksDB included, and glibc's arenas spend a
 # tenth of the CPU there). Not with the sanitizers, which bring their own allocator.
 option(HERALD_JEMALLOC "Link Herald's programs with jemalloc" ON)

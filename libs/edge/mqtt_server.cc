@@ -1915,16 +1915,41 @@ class MqttSession final : public MqttServer::Endpoint {
       m->set_packet_id(id);
       m->set_qos(static_cast<v1::QoS>(f.out.qos));
     }
+    // Entries of the stored state not resent yet stay owed, with their packet ids (before what
+    // this connection queued: they go out first on reconnection).
+    std::set<std::pair<uint32_t, uint64_t>> owed_retained;
+    for (const auto& [id, f] : inflight_) {
+      if (f.out.as_retained && f.out.message) {
+        owed_retained.insert({f.out.message->partition(), f.out.message->offset()});
+      }
+    }
+    if (ps_) {
+      ps_->resend.ForEach([&](const v1::InflightMessage& f) {
+        *update.add_put_inflight() = f;
+        if (f.retained()) owed_retained.insert({f.partition(), f.offset()});
+      });
+    }
     // Retained QoS 1 and 2 messages sent because of a new subscription but still queued behind
     // the client's Receive Maximum are session state too (MQTT 5.0 §4.1: "QoS 1 and QoS 2
     // messages pending transmission to the Client"): owed under packet ids reserved now, sent
-    // on reconnection as first deliveries. Log messages still queued need no entry: the cursor
-    // does not pass them.
+    // on reconnection as first deliveries. One entry per retained message (a re-SUBSCRIBE
+    // queues the same ones again), at most mqtt.max_queued_messages of them, and never the last
+    // free packet ids. Log messages still queued need no entry: the cursor does not pass them.
+    size_t reserved = inflight_.size() + (extra_ ? extra_->reserved_ids.size() : 0);
+    size_t stored = 0;
     for (size_t i = 0; i < queue_.size(); ++i) {
       const OutMessage& q = queue_[i];
       if (!q.as_retained || !q.message || q.qos == QoS::kAtMostOnce) continue;
+      if (stored >= hub_->options.max_queued_messages || reserved + 1024 >= 65535) {
+        spdlog::info("mqtt {} ({}): {} retained messages still queued not kept in the session",
+                     peer_, client_id_, queue_.size() - i);
+        break;
+      }
+      if (!owed_retained.insert({q.message->partition(), q.message->offset()}).second) continue;
       uint16_t id = NextPacketId();
       X().reserved_ids.insert(id);
+      ++reserved;
+      ++stored;
       v1::InflightMessage* m = update.add_put_inflight();
       m->set_direction(v1::INFLIGHT_DIRECTION_OUTBOUND);
       m->set_packet_id(id);
@@ -1935,10 +1960,6 @@ class MqttSession final : public MqttServer::Endpoint {
       m->set_epoch(q.retained_epoch);
       m->set_retained(true);
       m->set_queued(true);
-    }
-    // Entries of the stored state not resent yet stay owed, with their packet ids.
-    if (ps_) {
-      ps_->resend.ForEach([&](const v1::InflightMessage& f) { *update.add_put_inflight() = f; });
     }
     for (uint16_t id : extra_ ? extra_->awaiting_rel : std::set<uint16_t>{}) {
       v1::InflightMessage* m = update.add_put_inflight();

@@ -167,10 +167,15 @@ struct PublishRun {
   std::atomic<bool> stop{false};
   std::atomic<bool> measuring;
 
-  // Runs `fn` (on the driver thread) after 20 ms: a publisher retrying after an error.
+  // Runs `fn` (on the driver thread) after 20 ms: a publisher retrying after an error. Once the
+  // run is stopping, the publisher stops instead.
   void RetryLater(std::function<void()> fn) {
     std::lock_guard<std::mutex> l(mu_);
-    retries_.emplace_back(Clock::now() + std::chrono::milliseconds(20), std::move(fn));
+    if (stop.load()) {
+      ++stopped_;
+    } else {
+      retries_.emplace_back(Clock::now() + std::chrono::milliseconds(20), std::move(fn));
+    }
     cv_.notify_all();
   }
   // A publisher stopped for good (the run is over).
