@@ -43,6 +43,16 @@ def persistent_connect(port, version, client_id, receive_maximum=0):
     return c, bool(body[0] & 1)
 
 
+def reconnect(sub, port, version, client_id, receive_maximum=0):
+    """Drops `sub` (nothing acknowledged), waits for the edge to write the session's in-flight
+    state to the core, and connects again; the session must be present."""
+    sub.close()
+    time.sleep(1.0)
+    sub, present = persistent_connect(port, version, client_id, receive_maximum)
+    expect(present, "session not present on reconnection")
+    return sub
+
+
 def parse_publish(version, flags, body):
     """(topic, packet_id, payload, dup, retain, qos)."""
     n = struct.unpack("!H", body[:2])[0]
@@ -118,22 +128,16 @@ def run(port, version):
     expect(pub.read_packet()[0] == PUBACK, "publisher: no PUBACK for the live message")
     live = next_publish(sub)
     expect(live is not None and live[2] == b"live" and not live[4], "live copy: %r" % (live,))
-    sub.close()  # no PUBACK for either
-    time.sleep(1.0)  # the edge writes the session's in-flight state to the core
-
+    # No PUBACK for either.
     if version == V5:
         # Receive Maximum 1: one message is resent, the other still waits when the connection
         # drops again; neither may be forgotten.
-        sub, present = persistent_connect(port, version, client_id, receive_maximum=1)
-        expect(present, "session not present on reconnection (Receive Maximum 1)")
+        sub = reconnect(sub, port, version, client_id, receive_maximum=1)
         first = next_publish(sub)
         expect(first is not None, "nothing resent with Receive Maximum 1")
         expect(next_publish(sub, timeout=1.0) is None, "Receive Maximum 1 exceeded")
-        sub.close()
-        time.sleep(1.0)
 
-    sub, present = persistent_connect(port, version, client_id)
-    expect(present, "session not present on reconnection")
+    sub = reconnect(sub, port, version, client_id)
     again = {}
     while len(again) < 2:
         p = next_publish(sub)
@@ -149,11 +153,7 @@ def run(port, version):
     for p in again.values():
         sub.send(puback_packet(p[1]))
     time.sleep(0.5)
-    sub.close()
-    time.sleep(1.0)
-
-    sub, present = persistent_connect(port, version, client_id)
-    expect(present, "session not present on the second reconnection")
+    sub = reconnect(sub, port, version, client_id)
     extra = next_publish(sub, timeout=1.5)
     expect(extra is None, "acknowledged message sent again: %r" % (extra,))
     sub.close()
@@ -186,11 +186,8 @@ def run_queued(port):
     # session still owes each of them once.
     sub.send(subscribe_packet(version, "queued/v5/+", qos=1, packet_id=2))
     expect(next_publish(sub, timeout=1.0) is None, "Receive Maximum 1 exceeded")
-    sub.close()
-    time.sleep(1.0)
 
-    sub, present = persistent_connect(port, version, client_id)
-    expect(present, "session not present on reconnection")
+    sub = reconnect(sub, port, version, client_id)
     got = {}
     while len(got) < 3:
         p = next_publish(sub)
@@ -215,10 +212,7 @@ def run_queued(port):
     expect(len(set(ids)) == 3, "packet ids reused: %r" % ids)
     dup = next_publish(sub, timeout=1.0)
     expect(dup is None, "retained message owed twice: %r" % (dup,))
-    sub.close()
-    time.sleep(1.0)
-    sub, present = persistent_connect(port, version, client_id)
-    expect(present, "session not present on the second reconnection")
+    sub = reconnect(sub, port, version, client_id)
     extra = next_publish(sub, timeout=1.5)
     expect(extra is None, "acknowledged message sent again: %r" % (extra,))
     sub.close()

@@ -178,6 +178,16 @@ struct PublishRun {
     }
     cv_.notify_all();
   }
+  // True, with the publisher counted as stopped, once the run is over.
+  bool StopHere() {
+    if (!stop.load(std::memory_order_relaxed)) return false;
+    Stopped();
+    return true;
+  }
+  // A random topic of the run's.
+  std::string Topic(std::mt19937_64& rnd) const {
+    return "bench/" + std::to_string(rnd() % o.topics);
+  }
   // A publisher stopped for good (the run is over).
   void Stopped() {
     std::lock_guard<std::mutex> l(mu_);
@@ -285,32 +295,34 @@ uint64_t RunSeed() {
          static_cast<uint64_t>(Clock::now().time_since_epoch().count());
 }
 
+// What every kind of publisher has: its run, the payload, its random topics and the latencies
+// it measured.
+struct PublisherBase {
+  PublishRun* run = nullptr;
+  const std::string* payload = nullptr;
+  std::mt19937_64 rnd;
+  Clock::time_point start;
+  std::vector<uint32_t> lat;
+};
+
 // One logical publisher: one Publish request outstanding at a time, sent with gRPC's callback
 // API, so that fifty publishers cost the machine little more than one (no thread each).
-struct Publisher {
-  PublishRun* run = nullptr;
+struct Publisher : PublisherBase {
   std::vector<std::unique_ptr<herald::v1::Broker::Stub>>* stubs = nullptr;
-  const std::string* payload = nullptr;
 
   std::map<uint32_t, size_t> leader;  // partition -> server index
   std::map<uint32_t, uint64_t> seq;
-  std::mt19937_64 rnd;
   uint64_t producer = 0;
   uint32_t partition = 0;
   size_t server = 0;
   herald::v1::PublishRequest req;
   herald::v1::PublishResponse resp;
   std::unique_ptr<grpc::ClientContext> ctx;
-  Clock::time_point start;
-  std::vector<uint32_t> lat;
 
   void Next() {
-    if (run->stop.load(std::memory_order_relaxed)) {
-      run->Stopped();
-      return;
-    }
+    if (run->StopHere()) return;
     const Options& o = run->o;
-    std::string topic = "bench/" + std::to_string(rnd() % o.topics);
+    std::string topic = run->Topic(rnd);
     partition = herald::PartitionFor(topic, o.partitions);
     req.Clear();
     for (int i = 0; i < o.batch; ++i) {
@@ -327,10 +339,7 @@ struct Publisher {
 
   // Sends (or resends: same sequences) the current request until it is acknowledged.
   void Send() {
-    if (run->stop.load(std::memory_order_relaxed)) {
-      run->Stopped();
-      return;
-    }
+    if (run->StopHere()) return;
     server = leader.count(partition) ? leader[partition] : (partition % stubs->size());
     ctx = std::make_unique<grpc::ClientContext>();
     ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
@@ -378,21 +387,13 @@ struct Publisher {
 
 // A publisher of --client=edge: publishes through the shared edge CoreClient, which assigns
 // producer ids and sequences, follows leaders and retries by itself.
-struct EdgePublisher {
-  PublishRun* run = nullptr;
+struct EdgePublisher : PublisherBase {
   herald::edge::CoreClient* client = nullptr;
-  const std::string* payload = nullptr;
-  std::mt19937_64 rnd;
-  Clock::time_point start;
-  std::vector<uint32_t> lat;
 
   void Next() {
-    if (run->stop.load(std::memory_order_relaxed)) {
-      run->Stopped();
-      return;
-    }
+    if (run->StopHere()) return;
     const Options& o = run->o;
-    std::string topic = "bench/" + std::to_string(rnd() % o.topics);
+    std::string topic = run->Topic(rnd);
     std::vector<herald::v1::Message> messages(static_cast<size_t>(o.batch));
     for (auto& m : messages) {
       m.set_topic(topic);
@@ -420,6 +421,30 @@ struct EdgePublisher {
   }
 };
 
+// Creates the run's publishers (`setup` completes each one), starts them, drives the run and
+// prints the summary; `stopped` runs once every publisher has stopped.
+template <typename P, typename Setup>
+int RunPublishers(const Options& o, Setup setup, const std::function<void()>& stopped = {}) {
+  PublishRun run(o);
+  const uint64_t seed = RunSeed();
+  const std::string payload(static_cast<size_t>(o.payload), 'x');
+  std::vector<std::unique_ptr<P>> pubs;
+  for (int t = 0; t < o.publishers; ++t) {
+    auto p = std::make_unique<P>();
+    p->run = &run;
+    p->payload = &payload;
+    p->rnd.seed(seed + static_cast<uint64_t>(t) * 7919);
+    setup(p.get());
+    pubs.push_back(std::move(p));
+  }
+  for (auto& p : pubs) p->Next();
+  double secs = run.Drive();
+  if (stopped) stopped();
+  std::vector<uint32_t> l;
+  for (auto& p : pubs) l.insert(l.end(), p->lat.begin(), p->lat.end());
+  return run.Summary(secs, std::move(l));
+}
+
 int RunPublishEdge(const Options& o) {
   herald::edge::CoreClientOptions co;
   co.addresses = o.servers;
@@ -430,24 +455,8 @@ int RunPublishEdge(const Options& o) {
     std::fprintf(stderr, "herald-bench: %s\n", s.ToString().c_str());
     return 1;
   }
-  PublishRun run(o);
-  const uint64_t seed = RunSeed();
-  const std::string payload(static_cast<size_t>(o.payload), 'x');
-  std::vector<std::unique_ptr<EdgePublisher>> pubs;
-  for (int t = 0; t < o.publishers; ++t) {
-    auto p = std::make_unique<EdgePublisher>();
-    p->run = &run;
-    p->client = &client;
-    p->payload = &payload;
-    p->rnd.seed(seed + static_cast<uint64_t>(t) * 7919);
-    pubs.push_back(std::move(p));
-  }
-  for (auto& p : pubs) p->Next();
-  double secs = run.Drive();
-  client.Shutdown();
-  std::vector<uint32_t> l;
-  for (auto& p : pubs) l.insert(l.end(), p->lat.begin(), p->lat.end());
-  return run.Summary(secs, std::move(l));
+  return RunPublishers<EdgePublisher>(
+      o, [&](EdgePublisher* p) { p->client = &client; }, [&] { client.Shutdown(); });
 }
 
 int RunPublish(const Options& o) {
@@ -460,24 +469,10 @@ int RunPublish(const Options& o) {
   }
   std::vector<std::unique_ptr<herald::v1::Broker::Stub>> stubs;
   for (auto& c : channels) stubs.push_back(herald::v1::Broker::NewStub(c));
-  PublishRun run(o);
-  const uint64_t seed = RunSeed();
-  const std::string payload(static_cast<size_t>(o.payload), 'x');
-  std::vector<std::unique_ptr<Publisher>> pubs;
-  for (int t = 0; t < o.publishers; ++t) {
-    auto p = std::make_unique<Publisher>();
-    p->run = &run;
+  return RunPublishers<Publisher>(o, [&](Publisher* p) {
     p->stubs = &stubs;
-    p->payload = &payload;
-    p->rnd.seed(seed + static_cast<uint64_t>(t) * 7919);
     p->producer = p->rnd() | 1;
-    pubs.push_back(std::move(p));
-  }
-  for (auto& p : pubs) p->Next();
-  double secs = run.Drive();
-  std::vector<uint32_t> l;
-  for (auto& p : pubs) l.insert(l.end(), p->lat.begin(), p->lat.end());
-  return run.Summary(secs, std::move(l));
+  });
 }
 
 // ---------------------------------------------------------------------------------------------
