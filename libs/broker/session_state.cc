@@ -2,6 +2,9 @@
 // in-memory deadline index and the will outbox. See broker.proto "Sessions" for the contract and
 // docs/core.md "Sessions" for the design.
 #include <algorithm>
+#include <map>
+#include <set>
+#include <utility>
 
 #include "libs/broker/partition_state_machine.h"
 #include "libs/common/partitioning.h"
@@ -22,10 +25,6 @@ void SetError(v1::ErrorInfo* e, v1::ErrorCode code, std::string message) {
 int64_t ExpiryDeadline(const v1::Session& s) {
   if (s.expiry_interval_s() == kSessionNeverExpires) return 0;
   return s.disconnected_time_unix_ms() + int64_t{s.expiry_interval_s()} * 1000;
-}
-
-bool SameInflight(const v1::InflightMessage& m, v1::InflightDirection d, uint32_t packet_id) {
-  return m.direction() == d && m.packet_id() == packet_id;
 }
 
 }  // namespace
@@ -296,30 +295,42 @@ absl::Status PartitionStateMachine::ApplyUpdateSession(const v1::SessionUpdate& 
       for (int i = subs->size() - 1; i > pos; --i) subs->SwapElements(i, i - 1);
     }
   }
-  // 3-4. In-flight: outbound in delivery order, then inbound.
-  auto* inflight = s.mutable_inflight();
-  for (const v1::InflightRef& ref : u.remove_inflight()) {
-    auto it = std::find_if(inflight->begin(), inflight->end(), [&](const v1::InflightMessage& m) {
-      return SameInflight(m, ref.direction(), ref.packet_id());
-    });
-    if (it != inflight->end()) inflight->erase(it);
-  }
-  for (const v1::InflightMessage& m : u.put_inflight()) {
-    auto it = std::find_if(inflight->begin(), inflight->end(), [&](const v1::InflightMessage& x) {
-      return SameInflight(x, m.direction(), m.packet_id());
-    });
-    if (it != inflight->end()) {
-      *it = m;
-      continue;
+  // 3-4. In-flight: outbound in delivery order, then inbound. Removals first, then puts: a put
+  // replaces its entry in place, or joins the end of its direction. One pass over the entries
+  // (an update may carry as many entries as the session holds).
+  {
+    using Key = std::pair<int, uint32_t>;  // (direction, packet id)
+    std::set<Key> removed;
+    for (const v1::InflightRef& ref : u.remove_inflight()) {
+      removed.insert({ref.direction(), ref.packet_id()});
     }
-    *inflight->Add() = m;
-    if (m.direction() == v1::INFLIGHT_DIRECTION_OUTBOUND) {
-      // Before the first inbound entry.
-      for (int i = inflight->size() - 1;
-           i > 0 && inflight->Get(i - 1).direction() != v1::INFLIGHT_DIRECTION_OUTBOUND; --i) {
-        inflight->SwapElements(i, i - 1);
+    std::map<Key, const v1::InflightMessage*> puts;  // the last put of each key wins
+    for (const v1::InflightMessage& m : u.put_inflight()) puts[{m.direction(), m.packet_id()}] = &m;
+    google::protobuf::RepeatedPtrField<v1::InflightMessage> outbound, inbound;
+    auto keep = [&](const v1::InflightMessage& m) {
+      (m.direction() == v1::INFLIGHT_DIRECTION_OUTBOUND ? outbound : inbound).Add()->CopyFrom(m);
+    };
+    for (const v1::InflightMessage& m : s.inflight()) {
+      Key k{m.direction(), m.packet_id()};
+      if (removed.count(k)) continue;
+      auto put = puts.find(k);
+      if (put == puts.end()) {
+        keep(m);
+      } else {
+        keep(*put->second);
+        puts.erase(put);
       }
     }
+    for (const v1::InflightMessage& m : u.put_inflight()) {
+      auto put = puts.find({m.direction(), m.packet_id()});
+      if (put == puts.end()) continue;  // placed already
+      keep(*put->second);
+      puts.erase(put);
+    }
+    auto* inflight = s.mutable_inflight();
+    inflight->Clear();
+    for (auto& m : outbound) inflight->Add(std::move(m));
+    for (auto& m : inbound) inflight->Add(std::move(m));
   }
   // 5. Cursor positions, merged per partition, sorted by partition.
   auto* positions = s.mutable_cursor()->mutable_positions();

@@ -2,6 +2,8 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <tuple>
+#include <vector>
 
 #include "libs/broker/partition_state_machine.h"
 
@@ -243,6 +245,42 @@ TEST_F(SessionStateTest, UpdatesApplyInOrderAndMergeCursorPositions) {
   ASSERT_EQ(s->inflight_size(), 1);
   EXPECT_EQ(s->inflight(0).direction(), v1::INFLIGHT_DIRECTION_INBOUND);
   EXPECT_FALSE(s->has_will());
+}
+
+TEST_F(SessionStateTest, InflightPutsReplaceInPlaceAndNewOnesJoinTheEndOfTheirDirection) {
+  auto open = Open(1000, "c1", false, 60);
+  const uint64_t epoch = open.session().owner_epoch();
+  auto put = [](v1::SessionUpdate& u, v1::InflightDirection d, uint32_t id, uint64_t offset) {
+    auto* m = u.add_put_inflight();
+    m->set_direction(d);
+    m->set_packet_id(id);
+    m->set_state(v1::INFLIGHT_STATE_AWAITING_ACK);
+    m->set_offset(offset);
+  };
+  constexpr auto kOut = v1::INFLIGHT_DIRECTION_OUTBOUND;
+  constexpr auto kIn = v1::INFLIGHT_DIRECTION_INBOUND;
+  auto first = Update("c1", epoch);
+  put(first, kOut, 1, 10);
+  put(first, kIn, 5, 0);
+  put(first, kOut, 2, 20);
+  ASSERT_FALSE(Apply(UpdateEntry(1100, {first})).session_updates[0].has_error());
+  auto second = Update("c1", epoch);
+  auto* ref = second.add_remove_inflight();
+  ref->set_direction(kOut);
+  ref->set_packet_id(1);
+  put(second, kIn, 6, 0);     // new inbound: after inbound 5
+  put(second, kOut, 3, 30);   // new outbound: after outbound 2, before the inbound ones
+  put(second, kOut, 2, 21);   // replaces outbound 2 where it is
+  put(second, kOut, 4, 40);
+  put(second, kOut, 3, 31);   // the same key again: the last put wins, in the first one's place
+  ASSERT_FALSE(Apply(UpdateEntry(1200, {second})).session_updates[0].has_error());
+  auto s = Get("c1");
+  ASSERT_TRUE(s.has_value());
+  std::vector<std::tuple<int, uint32_t, uint64_t>> got;
+  for (const auto& m : s->inflight()) got.emplace_back(m.direction(), m.packet_id(), m.offset());
+  std::vector<std::tuple<int, uint32_t, uint64_t>> want = {
+      {kOut, 2, 21}, {kOut, 3, 31}, {kOut, 4, 40}, {kIn, 5, 0}, {kIn, 6, 0}};
+  EXPECT_EQ(got, want);
 }
 
 TEST_F(SessionStateTest, ReplayedEntriesAreNoOps) {

@@ -18,6 +18,8 @@
 // request in flight per partition, so what many publishers send meanwhile goes in one request
 // (the way an edge carries its MQTT, WebSocket and HTTP publishers' messages to the core).
 // Latency is then measured from the publisher's call to its acknowledgement, queueing included.
+// There `retries` counts publish calls that failed after the client's own retries, and
+// `redirects` stays 0 (the client follows leaders by itself).
 //
 //   herald-bench mqtt --host 127.0.0.1 --port 1883 --publishers 100 --subscribers 100
 //                     --topics 100 --qos 0 --size 100 --rate 0 --duration 10 --version 4
