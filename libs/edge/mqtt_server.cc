@@ -1888,7 +1888,13 @@ class MqttSession final : public MqttServer::Endpoint {
       r->set_direction(dir);
       r->set_packet_id(id);
     }
+    // Retained messages the session owes already (sent and unacknowledged, or stored and not
+    // resent yet), by the position they were published at.
+    std::set<std::pair<uint32_t, uint64_t>> owed_retained;
     for (const auto& [id, f] : inflight_) {
+      if (f.out.as_retained && f.out.message) {
+        owed_retained.insert({f.out.message->partition(), f.out.message->offset()});
+      }
       v1::InflightMessage* m = nullptr;
       if (f.state == OutState::kAwaitComp) {
         m = update.add_put_inflight();
@@ -1917,12 +1923,6 @@ class MqttSession final : public MqttServer::Endpoint {
     }
     // Entries of the stored state not resent yet stay owed, with their packet ids (before what
     // this connection queued: they go out first on reconnection).
-    std::set<std::pair<uint32_t, uint64_t>> owed_retained;
-    for (const auto& [id, f] : inflight_) {
-      if (f.out.as_retained && f.out.message) {
-        owed_retained.insert({f.out.message->partition(), f.out.message->offset()});
-      }
-    }
     if (ps_) {
       ps_->resend.ForEach([&](const v1::InflightMessage& f) {
         *update.add_put_inflight() = f;
