@@ -19,6 +19,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <future>
 #include <iostream>
 #include <map>
@@ -30,6 +31,8 @@
 #include <thread>
 #include <tuple>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "absl/strings/escaping.h"
 #include "absl/time/time.h"
@@ -56,8 +59,10 @@ constexpr const char* kHelp = R"(heraldctl: operate a Herald core cluster.
 usage: heraldctl [GLOBAL FLAGS] COMMAND [COMMAND FLAGS]
 
 Global flags (anywhere on the line; --flag=value or --flag value):
-  --servers=HOST:PORT,...  core nodes to ask first (default: $HERALD_SERVERS, else
-                           127.0.0.1:7070). The other nodes are found from their metadata.
+  --servers=HOST:PORT,...  core nodes to ask first (default: $HERALD_SERVERS, else the
+                           servers of ./var/cluster/cluster.json (tools/dev cluster up),
+                           else 127.0.0.1:7070). The other nodes are found from their
+                           metadata.
   --partitions=N           partition count of the cluster, used to map a topic to its
                            partition (default: asked from the cluster with GetClusterStatus).
   --json                   machine-readable output: one JSON document for status, partitions
@@ -172,11 +177,25 @@ bool ParseTimeout(const std::string& s, std::chrono::milliseconds* out) {
   return true;
 }
 
+// The default --servers: those of the local cluster that `tools/dev cluster up` describes in
+// var/cluster/cluster.json (when heraldctl runs in the repository), else 127.0.0.1:7070.
+std::string LocalClusterServers() {
+  std::ifstream in("var/cluster/cluster.json");
+  if (in) {
+    nlohmann::json j = nlohmann::json::parse(in, nullptr, /*allow_exceptions=*/false);
+    if (j.is_object() && j.contains("servers") && j["servers"].is_string()) {
+      std::string servers = j["servers"].get<std::string>();
+      if (!servers.empty()) return servers;
+    }
+  }
+  return "127.0.0.1:7070";
+}
+
 // Parses argv; on a usage problem returns nullopt with the reason in `error`.
 std::optional<Flags> ParseCommandLine(int argc, char** argv, std::string* error, bool* help) {
   Flags f;
   const char* env = std::getenv("HERALD_SERVERS");
-  f.servers = SplitComma(env != nullptr && *env != '\0' ? env : "127.0.0.1:7070");
+  f.servers = SplitComma(env != nullptr && *env != '\0' ? env : LocalClusterServers());
   for (int i = 1; i < argc; ++i) {
     std::string a = argv[i];
     if (a == "-h") a = "--help";
