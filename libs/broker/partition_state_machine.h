@@ -45,6 +45,11 @@ struct PartitionOptions {
   // How many recent offsets each producer's record remembers, so that a retried duplicate is
   // answered with its original offset.
   int producer_recent_offsets = 32;
+  // Producers' dedup records are written once this many messages were appended since they were
+  // last written (a checkpoint), not with every batch; loading the partition replays at most
+  // this many stored messages into them. Each record written is an insert at a distant place of
+  // the memtable, the costliest kind of write there.
+  uint64_t producer_checkpoint_messages = 4096;
 };
 
 // What applying one entry produced, for the leader to answer the proposer.
@@ -204,14 +209,26 @@ class PartitionStateMachine {
   void DeleteSession(const std::string& client_id, rocksdb::WriteBatch* batch);
   void IndexSession(const std::string& client_id, const v1::SessionRecord* rec);
   v1::ProducerRecord* Producer(uint64_t producer_id);
+  // Records that `producer` (Producer(producer_id): nullptr when unknown) published the message
+  // with `sequence` at `offset` at `now`; marks it dirty. Shared by apply and load-time replay,
+  // so both build the same record.
+  void RecordProducerMessage(uint64_t producer_id, v1::ProducerRecord* producer, uint64_t sequence,
+                             uint64_t offset, int64_t now);
+  // Replays the stored messages from state_.producers_through_offset() into the producers.
+  absl::Status ReplayProducers();
 
   std::string Key(char kind) const;
   std::string MessageKey(uint64_t offset) const;
   std::string RetainedKey(std::string_view topic) const;
   std::string ProducerKey(uint64_t producer_id) const;
-  // Producers whose record changed since the last StageApplied, and whether state_ did.
+  // Producers whose record changed since their records were last written, whether the next
+  // StageApplied must write them whatever the count (retention is about to remove messages the
+  // stored records do not reflect), whether state_ changed since the last StageApplied, and
+  // whether the state record is still stored under its former key ('S').
   std::set<uint64_t> dirty_producers_;
+  bool checkpoint_producers_ = false;
   bool state_dirty_ = false;
+  bool legacy_state_key_ = false;
   std::string SessionKey(std::string_view client_id) const;
   std::string WillKey(uint64_t will_id) const;
 
@@ -219,7 +236,8 @@ class PartitionStateMachine {
   const uint32_t partition_;
   const PartitionOptions options_;
   v1::PartitionStateRecord state_;
-  // Producers touched since open (write-through cache; records also live in the Engine).
+  // Producers touched since open; authoritative (the Engine's records may lag, see
+  // producer_checkpoint_messages).
   std::unordered_map<uint64_t, v1::ProducerRecord> producers_;
 
   // Sessions written to batches that may not be in the Engine yet (nullopt: deleted), until

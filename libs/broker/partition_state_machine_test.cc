@@ -4,6 +4,8 @@
 
 #include <filesystem>
 
+#include "libs/storage/keys.h"
+
 namespace herald::broker {
 namespace {
 
@@ -43,7 +45,7 @@ class PartitionTest : public ::testing::Test {
     auto e = storage::Engine::Open({.path = dir_, .sync = false});
     ASSERT_TRUE(e.ok()) << e.status();
     engine_ = std::move(*e);
-    auto p = PartitionStateMachine::Open(*engine_, 3);
+    auto p = PartitionStateMachine::Open(*engine_, 3, options_);
     ASSERT_TRUE(p.ok()) << p.status();
     psm_ = std::move(*p);
   }
@@ -62,6 +64,25 @@ class PartitionTest : public ::testing::Test {
     return f.ok() ? f->messages : std::vector<v1::Message>{};
   }
 
+  // The partition's key for `kind` (see the layout in partition_state_machine.cc).
+  static std::string RawKey(char kind) {
+    std::string k;
+    storage::PutU32(&k, 3);
+    k.push_back(kind);
+    return k;
+  }
+  bool Stored(const std::string& key) {
+    auto v = engine_->Get(storage::Family::kPartition, key);
+    EXPECT_TRUE(v.ok()) << v.status();
+    return v.ok() && v->has_value();
+  }
+  std::string ProducerKey(uint64_t producer) {
+    std::string k = RawKey('p');
+    storage::PutU64(&k, producer);
+    return k;
+  }
+
+  PartitionOptions options_;
   std::string dir_;
   std::unique_ptr<storage::Engine> engine_;
   std::unique_ptr<PartitionStateMachine> psm_;
@@ -114,7 +135,7 @@ TEST_F(PartitionTest, IdempotentPublishDropsDuplicatesAndReportsTheOriginalOffse
   EXPECT_EQ(msgs[2].payload(), "c");
 }
 
-TEST_F(PartitionTest, EntriesAppliedIntoOneBatchWriteStateAndProducersOnce) {
+TEST_F(PartitionTest, EntriesAppliedIntoOneBatchWriteTheStateOnce) {
   // The host applies every committed entry of a pass into one batch and stages the records
   // they changed once, after the last of them.
   rocksdb::WriteBatch b;
@@ -124,7 +145,7 @@ TEST_F(PartitionTest, EntriesAppliedIntoOneBatchWriteStateAndProducersOnce) {
   psm_->ApplyOther(3);
   EXPECT_EQ(b.Count(), 3u);  // the messages only: nothing in-place staged yet
   psm_->StageApplied(&b);
-  EXPECT_EQ(b.Count(), 5u);  // + one producer record + one state record
+  EXPECT_EQ(b.Count(), 4u);  // + the state record (the producer waits for its checkpoint)
   ASSERT_TRUE(engine_->Write(&b).ok());
   rocksdb::WriteBatch empty;
   psm_->StageApplied(&empty);
@@ -137,6 +158,104 @@ TEST_F(PartitionTest, EntriesAppliedIntoOneBatchWriteStateAndProducersOnce) {
   EXPECT_EQ(r.publish[0].offset(), 3u);
   EXPECT_EQ(r.publish[1].offset(), 4u);
   EXPECT_EQ(FetchAll("t").size(), 4u);
+}
+
+TEST_F(PartitionTest, ProducersAreWrittenAtCheckpointsAndRestoredFromTheMessagesAfterThem) {
+  options_.producer_checkpoint_messages = 5;
+  Reopen();
+  Apply(1, PublishEntry(1000, {Msg("t", "a", 77, 1), Msg("t", "b", 88, 1), Msg("t", "c", 77, 2)}));
+  EXPECT_FALSE(Stored(ProducerKey(77)));  // 3 messages: no checkpoint yet
+  Reopen();
+  // Restored from the stored messages: duplicates answered with their offsets, order kept.
+  auto r = Apply(2, PublishEntry(1001, {Msg("t", "c", 77, 2), Msg("t", "a", 77, 1),
+                                        Msg("t", "x", 88, 3), Msg("t", "d", 77, 3)}));
+  ASSERT_EQ(r.publish.size(), 4u);
+  EXPECT_TRUE(r.publish[0].duplicate());
+  EXPECT_EQ(r.publish[0].offset(), 3u);
+  EXPECT_TRUE(r.publish[1].duplicate());
+  EXPECT_EQ(r.publish[1].offset(), 1u);
+  EXPECT_EQ(r.publish[2].error().code(), v1::ERROR_CODE_OUT_OF_ORDER_SEQUENCE);
+  EXPECT_EQ(r.publish[3].offset(), 4u);
+  EXPECT_FALSE(Stored(ProducerKey(77)));  // 4 messages since the start
+  Apply(3, PublishEntry(1002, {Msg("t", "e", 88, 2)}));
+  EXPECT_TRUE(Stored(ProducerKey(77)));  // the fifth: both producers' records written
+  EXPECT_TRUE(Stored(ProducerKey(88)));
+  EXPECT_EQ(psm_->state().producers_through_offset(), 6u);
+  Apply(4, PublishEntry(1003, {Msg("t", "f", 77, 4)}));
+  Reopen();  // records as of offset 6, then message 6 replayed
+  r = Apply(5, PublishEntry(1004, {Msg("t", "f", 77, 4), Msg("t", "e", 88, 2),
+                                   Msg("t", "g", 77, 5)}));
+  ASSERT_EQ(r.publish.size(), 3u);
+  EXPECT_TRUE(r.publish[0].duplicate());
+  EXPECT_EQ(r.publish[0].offset(), 6u);
+  EXPECT_TRUE(r.publish[1].duplicate());
+  EXPECT_EQ(r.publish[1].offset(), 5u);
+  EXPECT_EQ(r.publish[2].offset(), 7u);
+  EXPECT_EQ(FetchAll("t").size(), 7u);
+}
+
+TEST_F(PartitionTest, RetentionWritesTheProducersBeforeRemovingMessagesTheyDependOn) {
+  options_.producer_checkpoint_messages = 1000;
+  Reopen();
+  Apply(1, PublishEntry(1000, {Msg("t", "a", 77, 1), Msg("t", "b", 77, 2)}));
+  Apply(2, PublishEntry(9000, {Msg("t", "c")}));
+  auto plan = psm_->PlanRetention(10'000, 5000, 0);
+  ASSERT_TRUE(plan.ok());
+  ASSERT_TRUE(plan->has_value());
+  EXPECT_EQ((*plan)->before_offset(), 3u);
+  v1::PartitionCommand trim;
+  trim.set_proposed_at_unix_ms(10'000);
+  *trim.mutable_trim() = **plan;
+  EXPECT_FALSE(Stored(ProducerKey(77)));
+  Apply(3, trim.SerializeAsString());
+  EXPECT_TRUE(Stored(ProducerKey(77)));
+  Reopen();
+  auto r = Apply(4, PublishEntry(10'001, {Msg("t", "b", 77, 2), Msg("t", "d", 77, 3)}));
+  ASSERT_EQ(r.publish.size(), 2u);
+  EXPECT_TRUE(r.publish[0].duplicate());
+  EXPECT_EQ(r.publish[0].offset(), 2u);  // remembered although message 2 is gone
+  EXPECT_EQ(r.publish[1].offset(), 4u);
+}
+
+TEST_F(PartitionTest, StateStoredUnderTheFormerKeyIsReadAndMoved) {
+  // As earlier versions stored a partition: state under 'S' (no producer checkpoint, producer
+  // records written with every batch) and a producer that sent messages 1 and 2.
+  v1::PartitionStateRecord st;
+  st.set_applied_index(7);
+  st.set_epoch(1);
+  st.set_first_offset(1);
+  st.set_next_offset(3);
+  st.set_message_count(2);
+  v1::ProducerRecord producer;
+  producer.set_last_sequence(2);
+  producer.add_recent_offsets(1);
+  producer.add_recent_offsets(2);
+  rocksdb::WriteBatch b;
+  for (uint64_t off : {1, 2}) {
+    v1::Message m = Msg("t", "x", 77, off);
+    m.set_partition(3);
+    m.set_offset(off);
+    std::string k = RawKey('m');
+    storage::PutU64(&k, off);
+    b.Put(engine_->handle(storage::Family::kPartition), k, m.SerializeAsString());
+  }
+  b.Put(engine_->handle(storage::Family::kPartition), RawKey('S'), st.SerializeAsString());
+  b.Put(engine_->handle(storage::Family::kPartition), ProducerKey(77),
+        producer.SerializeAsString());
+  ASSERT_TRUE(engine_->Write(&b).ok());
+  Reopen();
+  EXPECT_EQ(psm_->applied_index(), 7u);
+  EXPECT_EQ(psm_->state().producers_through_offset(), 3u);  // the records were complete
+  auto r = Apply(8, PublishEntry(1000, {Msg("t", "x", 77, 2), Msg("t", "y", 77, 3)}));
+  ASSERT_EQ(r.publish.size(), 2u);
+  EXPECT_TRUE(r.publish[0].duplicate());
+  EXPECT_EQ(r.publish[0].offset(), 2u);
+  EXPECT_EQ(r.publish[1].offset(), 3u);
+  EXPECT_FALSE(Stored(RawKey('S')));
+  EXPECT_TRUE(Stored(RawKey('n')));
+  Reopen();
+  EXPECT_EQ(psm_->applied_index(), 8u);
+  EXPECT_EQ(FetchAll("t").size(), 3u);
 }
 
 TEST_F(PartitionTest, SequenceGapIsRefusedAndNothingIsAppended) {

@@ -161,6 +161,9 @@ absl::StatusOr<std::unique_ptr<RaftHost::Group>> RaftHost::CreateGroup(
     if (!sm.ok()) return sm.status();
     g->sm = std::move(*sm);
   }
+  // The state machine's applied index is durable and everything it applied was committed; the
+  // stored commit index may be older (RaftLogStore::StageReady does not write it alone).
+  if (!g->log->hard_state().IsEmpty()) g->log->RaiseCommit(g->applied());
   bool fresh = g->log->LastIndex() == 0 && g->log->hard_state().IsEmpty();
   if (fresh && !initial_voters.empty()) {
     std::sort(initial_voters.begin(), initial_voters.end());

@@ -76,6 +76,47 @@ TEST_F(RaftLogStoreTest, AppendedEntriesAndHardStateSurviveReopen) {
   EXPECT_EQ(Store(8).LastIndex(), 0u);  // groups do not see each other's entries
 }
 
+TEST_F(RaftLogStoreTest, CommitIndexAloneIsNotWrittenAndComesBackFromSnapshotOrStateMachine) {
+  rocksdb::WriteBatch b;
+  raft::Ready rd;
+  rd.entries = {E(1, 1), E(2, 1), E(3, 1), E(4, 1)};
+  rd.hard_state = raft::HardState{.term = 1, .vote = 1, .commit = 0};
+  ASSERT_TRUE(Store(7).StageReady(rd, &b).ok());
+  EXPECT_EQ(b.Count(), 5u);  // four entries and the hard state (new term and vote)
+  Write(&b);
+  rocksdb::WriteBatch commit_only;
+  raft::Ready rd2;
+  rd2.hard_state = raft::HardState{.term = 1, .vote = 1, .commit = 3};
+  ASSERT_TRUE(Store(7).StageReady(rd2, &commit_only).ok());
+  EXPECT_EQ(commit_only.Count(), 0u);
+  EXPECT_EQ(Store(7).hard_state().commit, 3u);  // known in memory
+  rocksdb::WriteBatch vote;
+  raft::Ready rd3;
+  rd3.hard_state = raft::HardState{.term = 2, .vote = 2, .commit = 3};
+  ASSERT_TRUE(Store(7).StageReady(rd3, &vote).ok());
+  EXPECT_EQ(vote.Count(), 1u);  // a new term is written, with the commit index of the moment
+  Write(&vote);
+  rocksdb::WriteBatch commit_again;
+  raft::Ready rd4;
+  rd4.hard_state = raft::HardState{.term = 2, .vote = 2, .commit = 4};
+  ASSERT_TRUE(Store(7).StageReady(rd4, &commit_again).ok());
+  EXPECT_EQ(commit_again.Count(), 0u);
+  Reopen();
+  EXPECT_EQ(Store(7).hard_state(), (raft::HardState{2, 2, 3}));
+  // The state machine applied through 4 (durably): the commit index is raised to it, never
+  // beyond the log.
+  Store(7).RaiseCommit(4);
+  EXPECT_EQ(Store(7).hard_state().commit, 4u);
+  Store(7).RaiseCommit(9);
+  EXPECT_EQ(Store(7).hard_state().commit, 4u);
+  // A snapshot covers committed entries: loading raises the commit index to it.
+  rocksdb::WriteBatch snap;
+  ASSERT_TRUE(Store(7).CreateSnapshot(4, raft::ConfState{{1, 2}, {}}, "state@4", &snap).ok());
+  Write(&snap);
+  Reopen();
+  EXPECT_EQ(Store(7).hard_state(), (raft::HardState{2, 2, 4}));
+}
+
 TEST_F(RaftLogStoreTest, ConflictingAppendReplacesTheSuffix) {
   rocksdb::WriteBatch b;
   ASSERT_TRUE(Store(1).Append({E(1, 1), E(2, 1), E(3, 1), E(4, 1)}, &b).ok());
