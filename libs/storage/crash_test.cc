@@ -1,7 +1,9 @@
 // kill -9 during heavy writes, then reopen: no acknowledged entry is lost and no batch is
 // partly visible. A child process writes group-commit batches (several Raft groups per batch,
-// entries plus hard state) and reports each batch on a pipe only after Engine::Write returned;
-// the parent kills it at a random moment, reopens the database and checks.
+// entries plus hard state) and reports each batch on a pipe only once it is durable: after
+// Engine::Write returned, or, pipelined as the Raft host writes, after an Engine::SyncWal that
+// started after its Engine::WriteBuffered returned. The parent kills it at a random moment,
+// reopens the database and checks.
 //
 // What this shows: RocksDB's WAL with sync and point-in-time recovery makes each batch atomic
 // and every acknowledged batch durable across a process crash. Power loss (lost page cache) is
@@ -11,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <filesystem>
 #include <thread>
@@ -28,8 +31,9 @@ std::string Payload(uint64_t group, uint64_t index) {
   return "g" + std::to_string(group) + "i" + std::to_string(index) + std::string(200, 'p');
 }
 
-// Child: appends batches forever, acknowledging each on `ack_fd` after the durable write.
-[[noreturn]] void WriterMain(const std::string& path, int ack_fd) {
+// Child: appends batches forever, acknowledging each on `ack_fd` once it is durable. Pipelined:
+// batches are written buffered and a second thread syncs, acknowledging what each fsync covered.
+[[noreturn]] void WriterMain(const std::string& path, int ack_fd, bool pipelined) {
   EngineOptions o;
   o.path = path;
   o.sync = true;
@@ -42,6 +46,22 @@ std::string Payload(uint64_t group, uint64_t index) {
     stores.push_back(std::move(*s));
   }
   uint64_t batch_no = stores[0]->LastIndex() / kEntriesPerGroupPerBatch;
+  std::atomic<uint64_t> written{0};
+  if (pipelined) {
+    std::thread([&] {
+      uint64_t synced = 0;
+      while (true) {
+        const uint64_t target = written.load();
+        if (target == synced) {
+          std::this_thread::yield();
+          continue;
+        }
+        if (!(*engine)->SyncWal().ok()) ::_exit(8);
+        synced = target;
+        if (::write(ack_fd, &synced, sizeof(synced)) != sizeof(synced)) ::_exit(7);
+      }
+    }).detach();
+  }
   while (true) {
     ++batch_no;
     rocksdb::WriteBatch b;
@@ -57,13 +77,18 @@ std::string Payload(uint64_t group, uint64_t index) {
       if (!s->Append(es, &b).ok()) ::_exit(5);
       s->SetHardState({1, 1, s->LastIndex()}, &b);
     }
+    if (pipelined) {
+      if (!(*engine)->WriteBuffered(&b).ok()) ::_exit(6);
+      written.store(batch_no);
+      continue;
+    }
     if (!(*engine)->Write(&b).ok()) ::_exit(6);
     uint64_t ack = batch_no;
     if (::write(ack_fd, &ack, sizeof(ack)) != sizeof(ack)) ::_exit(7);
   }
 }
 
-TEST(CrashTest, KillDuringHeavyWritesLosesNoAcknowledgedBatchAndShowsNoPartialOne) {
+void KillDuringHeavyWrites(bool pipelined) {
   char tmpl[] = "/tmp/herald-crash-XXXXXX";
   ASSERT_NE(::mkdtemp(tmpl), nullptr);
   std::string dir = tmpl;
@@ -76,7 +101,7 @@ TEST(CrashTest, KillDuringHeavyWritesLosesNoAcknowledgedBatchAndShowsNoPartialOn
     ASSERT_GE(pid, 0);
     if (pid == 0) {
       ::close(fds[0]);
-      WriterMain(dir, fds[1]);
+      WriterMain(dir, fds[1], pipelined);
     }
     ::close(fds[1]);
     // Let it write for a while, then kill it without warning.
@@ -120,6 +145,14 @@ TEST(CrashTest, KillDuringHeavyWritesLosesNoAcknowledgedBatchAndShowsNoPartialOn
                 static_cast<unsigned long long>(last / kEntriesPerGroupPerBatch));
   }
   std::filesystem::remove_all(dir);
+}
+
+TEST(CrashTest, KillDuringHeavyWritesLosesNoAcknowledgedBatchAndShowsNoPartialOne) {
+  KillDuringHeavyWrites(/*pipelined=*/false);
+}
+
+TEST(CrashTest, KillDuringPipelinedWritesLosesNoSyncedBatchAndShowsNoPartialOne) {
+  KillDuringHeavyWrites(/*pipelined=*/true);
 }
 
 }  // namespace
