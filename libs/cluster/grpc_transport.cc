@@ -152,7 +152,12 @@ namespace {
 
 // Snapshot data is a stream of records: [key length u32][key][value length u32][value].
 constexpr size_t kSnapshotChunkBytes = 1 << 20;
-constexpr uint32_t kSnapshotFormat = 1;
+// 2: a partition's state record under [partition]['n'] and its producers' records as of the
+// checkpoint the state names (libs/broker). 1 (state under 'S', producer records current) is
+// still accepted: the state machine reads both. A node that knows only 1 refuses 2 before
+// touching its replica.
+constexpr uint32_t kSnapshotFormat = 2;
+constexpr uint32_t kOldestSnapshotFormat = 1;
 
 uint32_t Crc32cTableEntry(uint32_t i) {
   uint32_t c = i;
@@ -487,7 +492,7 @@ grpc::Status RaftTransportService::InstallSnapshot(grpc::ServerContext*,
   if (h.cluster_id() != cluster_id_) {
     return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, "cluster id mismatch");
   }
-  if (h.format_version() != kSnapshotFormat) {
+  if (h.format_version() < kOldestSnapshotFormat || h.format_version() > kSnapshotFormat) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "unknown snapshot format version");
   }
   auto message = FromProto(h.message());

@@ -161,9 +161,6 @@ absl::StatusOr<std::unique_ptr<RaftHost::Group>> RaftHost::CreateGroup(
     if (!sm.ok()) return sm.status();
     g->sm = std::move(*sm);
   }
-  // The state machine's applied index is durable and everything it applied was committed; the
-  // stored commit index may be older (RaftLogStore::StageReady does not write it alone).
-  if (!g->log->hard_state().IsEmpty()) g->log->RaiseCommit(g->applied());
   bool fresh = g->log->LastIndex() == 0 && g->log->hard_state().IsEmpty();
   if (fresh && !initial_voters.empty()) {
     std::sort(initial_voters.begin(), initial_voters.end());
@@ -181,7 +178,10 @@ absl::StatusOr<std::unique_ptr<RaftHost::Group>> RaftHost::CreateGroup(
   cfg.election_tick = options_.election_ticks;
   cfg.heartbeat_tick = options_.heartbeat_ticks;
   // A snapshot's image may be ahead of the log when the node stopped before the snapshot
-  // message was persisted: Raft then hands out entries the state machine skips.
+  // message was persisted, and the stored commit index may lag the applied index (it is written
+  // with term and vote changes and every RaftLogStore::kCommitWriteInterval entries): Raft then
+  // hands out entries the state machine skips. (Raising the commit index to the applied index
+  // would be wrong in the first case: the log may still hold a deposed leader's entries there.)
   cfg.applied = std::max(g->log->FirstIndex() - 1,
                          std::min(g->applied(), g->log->hard_state().commit));
   cfg.max_uncommitted_entries = options_.max_uncommitted_entries;

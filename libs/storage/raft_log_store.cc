@@ -31,8 +31,7 @@ absl::Status RaftLogStore::LoadFromEngine() {
     snapshot_ = std::move(*decoded);
   }
   last_index_ = snapshot_.metadata.index;
-  written_term_ = hard_state_.term;
-  written_vote_ = hard_state_.vote;
+  written_ = hard_state_;
   // The commit index is not written when only it changes (StageReady); what a snapshot covers
   // was committed.
   if (!hard_state_.IsEmpty()) {
@@ -189,12 +188,7 @@ absl::Status RaftLogStore::Append(absl::Span<const raft::Entry> entries,
 void RaftLogStore::SetHardState(const raft::HardState& hs, rocksdb::WriteBatch* batch) {
   batch->Put(engine_.handle(Family::kRaftState), RaftStateKey(group_, 'h'), EncodeHardState(hs));
   hard_state_ = hs;
-  written_term_ = hs.term;
-  written_vote_ = hs.vote;
-}
-
-void RaftLogStore::RaiseCommit(uint64_t index) {
-  hard_state_.commit = std::max(hard_state_.commit, std::min(index, last_index_));
+  written_ = hs;
 }
 
 absl::Status RaftLogStore::ApplySnapshot(const raft::Snapshot& snapshot,
@@ -263,8 +257,11 @@ absl::Status RaftLogStore::StageReady(const raft::Ready& ready, rocksdb::WriteBa
     // Raft (Figure 2) keeps currentTerm and votedFor on stable storage before answering; the
     // commit index is volatile state. It changes on almost every pass of a busy group, and
     // writing it each time was one more insert at a distant place of the raft_state memtable
-    // per group per pass, and filled that memtable (a flush and a new WAL file every few seconds).
-    if (ready.hard_state->term != written_term_ || ready.hard_state->vote != written_vote_) {
+    // per group per pass. It is still written now and then, so that a restart does not have
+    // Raft hand out a long run of entries the state machine applied already.
+    const raft::HardState& hs = *ready.hard_state;
+    if (hs.term != written_.term || hs.vote != written_.vote ||
+        hs.commit >= written_.commit + kCommitWriteInterval) {
       SetHardState(*ready.hard_state, batch);
     } else {
       hard_state_ = *ready.hard_state;

@@ -30,6 +30,11 @@ namespace herald::storage {
 
 class RaftLogStore final : public raft::Storage {
  public:
+  // A hard state whose commit index moved this far past the one written is written even when
+  // its term and vote did not change: after a restart, Raft hands out again at most about this
+  // many applied entries (plus what the last pass committed).
+  static constexpr uint64_t kCommitWriteInterval = 1024;
+
   struct Options {
     // Recently appended entries kept in memory, so replication to followers rarely reads disk.
     uint64_t tail_cache_bytes = 4 << 20;
@@ -64,11 +69,6 @@ class RaftLogStore final : public raft::Storage {
   // snapshot index are skipped. The first entry must be at most LastIndex()+1.
   absl::Status Append(absl::Span<const raft::Entry> entries, rocksdb::WriteBatch* batch);
   void SetHardState(const raft::HardState& hs, rocksdb::WriteBatch* batch);
-  // Entries through `index` are known to be committed (a state machine applied them and its
-  // applied index is durable): raises the commit index of the hard state to it (at most to
-  // LastIndex()). The host calls it on load, before creating the Raft node, because StageReady
-  // does not write a change of the commit index alone.
-  void RaiseCommit(uint64_t index);
   // Replaces the whole log with a snapshot received from the leader.
   absl::Status ApplySnapshot(const raft::Snapshot& snapshot, rocksdb::WriteBatch* batch);
   // Records a snapshot the host made of its state machine at `index` (<= LastIndex(), already
@@ -78,8 +78,10 @@ class RaftLogStore final : public raft::Storage {
 
   // Stages everything in `ready` that must be durable before its messages leave, in the host
   // contract's order: snapshot, entries, hard state. The hard state is written when its term or
-  // vote changes; a change of the commit index alone only updates hard_state() (the commit
-  // index is volatile in Raft: on load it comes back from the snapshot index and RaiseCommit).
+  // vote changes, or when its commit index moved kCommitWriteInterval past the one written;
+  // other changes of the commit index only update hard_state() (the commit index is volatile in
+  // Raft; on load it is at least the snapshot index, and the host's state machine skips the
+  // entries it applied already when Raft hands them out again).
   absl::Status StageReady(const raft::Ready& ready, rocksdb::WriteBatch* batch);
 
   uint64_t group() const { return group_; }
@@ -96,9 +98,8 @@ class RaftLogStore final : public raft::Storage {
   const uint64_t group_;
   const Options options_;
   raft::HardState hard_state_;
-  // Term and vote of the hard state last written (or loaded).
-  uint64_t written_term_ = 0;
-  raft::NodeId written_vote_ = raft::kNoNode;
+  // The hard state last written (or loaded).
+  raft::HardState written_;
   raft::Snapshot snapshot_;  // index 0 when none
   std::function<absl::StatusOr<raft::Snapshot>()> snapshot_provider_;
   uint64_t last_index_ = 0;
