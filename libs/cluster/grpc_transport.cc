@@ -521,7 +521,11 @@ grpc::Status RaftTransportService::InstallSnapshot(grpc::ServerContext*,
   } release{this, group};
 
   bool skip = false;
-  absl::Status s = host_->BeginSnapshotInstall(group, message->snapshot->metadata.index, &skip);
+  absl::Status s =
+      host_->BeginSnapshotInstall(group, message->snapshot->metadata.index, message->term, &skip);
+  if (absl::IsFailedPrecondition(s)) {
+    return grpc::Status(grpc::StatusCode::FAILED_PRECONDITION, std::string(s.message()));
+  }
   if (!s.ok()) return grpc::Status(grpc::StatusCode::UNAVAILABLE, std::string(s.message()));
   uint64_t offset = 0;
   uint32_t crc = 0;

@@ -354,7 +354,8 @@ void RaftHost::ReconcileGroup(Group& g, const MembershipTarget& t) {
   }
 }
 
-absl::Status RaftHost::BeginSnapshotInstall(GroupId group, uint64_t index, bool* skip_data) {
+absl::Status RaftHost::BeginSnapshotInstall(GroupId group, uint64_t index, uint64_t term,
+                                            bool* skip_data) {
   return RunOnHost([&]() -> absl::Status {
     auto it = groups_.find(group);
     if (it == groups_.end()) {
@@ -364,6 +365,12 @@ absl::Status RaftHost::BeginSnapshotInstall(GroupId group, uint64_t index, bool*
       it = groups_.emplace(group, std::move(*g)).first;
     }
     Group& g = *it->second;
+    // Raft §5.1: a message from an older term is ignored; so is its image.
+    if (term < g.node->term()) {
+      return absl::FailedPreconditionError(StrCat("snapshot from term ", term,
+                                                  " is older than this replica's term ",
+                                                  g.node->term()));
+    }
     // Raft ignores a snapshot at or below its commit index; committed entries still waiting
     // for their fsync (the stash) are applied later, so the image must not replace them.
     if (!g.installing && (g.applied() >= index || g.node->committed() >= index)) {

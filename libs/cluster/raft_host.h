@@ -211,11 +211,14 @@ class RaftHost {
   void ReconcileMembership(TargetFn target);
 
   // Snapshot installation, called by the transport's receiver (blocking, any thread).
-  // Begin: prepares `group` for an image at `index` (creating an empty partition replica if
-  // needed). *skip_data is set when the replica already applied `index`: the data is not
-  // needed. Otherwise the group's state is cleared and the caller writes the image's records
-  // (WriteSnapshotRecords), then calls Finish, which loads the state and steps `message`.
-  absl::Status BeginSnapshotInstall(GroupId group, uint64_t index, bool* skip_data);
+  // Begin: prepares `group` for an image at `index` sent in a message of term `term` (creating
+  // an empty partition replica if needed). *skip_data is set when the replica already applied
+  // `index`: the data is not needed. A message from a term older than the replica's is refused
+  // (FailedPrecondition) before anything is touched: Raft would ignore it, leaving the image
+  // ahead of the log. Otherwise the group's state is cleared and the caller writes the image's
+  // records (WriteSnapshotRecords), then calls Finish, which loads the state and steps `message`.
+  absl::Status BeginSnapshotInstall(GroupId group, uint64_t index, uint64_t term,
+                                    bool* skip_data);
   absl::Status WriteSnapshotRecords(GroupId group, std::string_view records);
   absl::Status FinishSnapshotInstall(GroupId group, raft::Message message, bool data_written);
 

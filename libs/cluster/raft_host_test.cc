@@ -351,6 +351,23 @@ std::vector<std::string> SnapshotRecords(storage::Engine& engine) {
   return out;
 }
 
+TEST_F(RaftHostTest, SnapshotFromAnOlderTermIsRefusedBeforeTheReplicaIsTouched) {
+  StartNode(1, {1});
+  ASSERT_EQ(WaitForLeader(), 1u);
+  for (uint64_t i = 1; i <= 5; ++i) {
+    ASSERT_TRUE(ProposeAndWait(1, PublishCommand("t", "m" + std::to_string(i), 4, i)).status.ok());
+  }
+  const GroupStatus st = nodes_[1].host->Status()[0];
+  ASSERT_GE(st.term, 1u);
+  bool skip = false;
+  absl::Status s =
+      nodes_[1].host->BeginSnapshotInstall(kGroup, st.applied + 100, st.term - 1, &skip);
+  EXPECT_EQ(s.code(), absl::StatusCode::kFailedPrecondition) << s;
+  EXPECT_EQ(ReadAll(1).size(), 5u);  // the replica's data is untouched
+  EXPECT_TRUE(ProposeAndWait(1, PublishCommand("t", "m6", 4, 6)).status.ok());  // still serving
+  EXPECT_EQ(ReadAll(1).size(), 6u);
+}
+
 TEST_F(RaftHostTest, SnapshotInstallCutShortByACrashIsDiscardedAndCanBeRedone) {
   StartNode(1, {1});
   ASSERT_EQ(WaitForLeader(), 1u);
@@ -365,7 +382,7 @@ TEST_F(RaftHostTest, SnapshotInstallCutShortByACrashIsDiscardedAndCanBeRedone) {
   // half way (no FinishSnapshotInstall).
   StartNode(9, {});
   bool skip = true;
-  ASSERT_TRUE(nodes_[9].host->BeginSnapshotInstall(kGroup, leader.applied, &skip).ok());
+  ASSERT_TRUE(nodes_[9].host->BeginSnapshotInstall(kGroup, leader.applied, leader.term, &skip).ok());
   EXPECT_FALSE(skip);
   std::string half;
   for (size_t i = 0; i < records.size() / 2; ++i) half += records[i];
@@ -378,7 +395,7 @@ TEST_F(RaftHostTest, SnapshotInstallCutShortByACrashIsDiscardedAndCanBeRedone) {
   EXPECT_EQ(nodes_[9].host->Status()[0].applied, 0u);
 
   // A later, complete transfer installs normally.
-  ASSERT_TRUE(nodes_[9].host->BeginSnapshotInstall(kGroup, leader.applied, &skip).ok());
+  ASSERT_TRUE(nodes_[9].host->BeginSnapshotInstall(kGroup, leader.applied, leader.term, &skip).ok());
   std::string all;
   for (const std::string& r : records) all += r;
   ASSERT_TRUE(nodes_[9].host->WriteSnapshotRecords(kGroup, all).ok());
