@@ -211,9 +211,11 @@ struct PublishRun {
       ServeRetries(std::min(end, Clock::now() + std::chrono::seconds(1)));
       uint64_t now = acked.load();
       std::fprintf(stderr,
-                   "  %5.1fs  %8llu msg/s  (%llu acknowledged, %llu retries, %llu redirects)\n",
+                   "  %5.1fs  %8llu msg/s  slowest %7.2f ms  (%llu acknowledged, %llu retries, "
+                   "%llu redirects)\n",
                    std::chrono::duration<double>(Clock::now() - begin).count(),
                    static_cast<unsigned long long>(now - last),
+                   static_cast<double>(interval_max_us.exchange(0)) / 1000.0,
                    static_cast<unsigned long long>(now),
                    static_cast<unsigned long long>(errors.load()),
                    static_cast<unsigned long long>(redirects.load()));
@@ -257,7 +259,15 @@ struct PublishRun {
     auto us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - start);
     for (int i = 0; i < o.batch; ++i) lat->push_back(static_cast<uint32_t>(us.count()));
     acked.fetch_add(static_cast<uint64_t>(o.batch), std::memory_order_relaxed);
+    // The slowest acknowledgement of the current progress interval, so that a stall shows in
+    // the line of the second it happened in.
+    const auto v = static_cast<uint64_t>(us.count());
+    uint64_t seen = interval_max_us.load(std::memory_order_relaxed);
+    while (v > seen && !interval_max_us.compare_exchange_weak(seen, v)) {
+    }
   }
+
+  std::atomic<uint64_t> interval_max_us{0};
 
  private:
   // Runs the retries that are due; returns once `until` has passed.
