@@ -324,7 +324,8 @@ v1::PublishResult PartitionStateMachine::ApplyMessage(v1::Message& m, int64_t no
 void PartitionStateMachine::RecordProducerMessage(uint64_t producer_id,
                                                   v1::ProducerRecord* producer, uint64_t sequence,
                                                   uint64_t offset, int64_t now) {
-  v1::ProducerRecord& rec = producers_[producer_id];
+  // `producer` already points into producers_ when known: no second lookup.
+  v1::ProducerRecord& rec = producer != nullptr ? *producer : producers_[producer_id];
   if (producer == nullptr) rec.Clear();  // new (or forgotten) producer
   rec.set_last_sequence(sequence);
   rec.add_recent_offsets(offset);
