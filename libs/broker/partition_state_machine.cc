@@ -342,8 +342,9 @@ void PartitionStateMachine::ApplyTrim(const v1::TrimCommand& t, rocksdb::WriteBa
   if (before <= state_.first_offset()) return;  // already trimmed (or nothing to do)
   // The producer records must not depend on replaying messages this removes.
   if (before > state_.producers_through_offset()) checkpoint_producers_ = true;
-  batch->DeleteRange(engine_.handle(Family::kPartition), MessageKey(state_.first_offset()),
-                     MessageKey(before));
+  // From offset 0 (never a message), not first_offset: a range deletion must not begin at a
+  // key that gets memtable insert hints (storage::Engine, AppendHint).
+  batch->DeleteRange(engine_.handle(Family::kPartition), MessageKey(0), MessageKey(before));
   state_.set_first_offset(before);
   state_.set_message_count(state_.message_count() -
                            std::min(state_.message_count(), t.removed_messages()));
