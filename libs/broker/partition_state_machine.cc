@@ -4,6 +4,7 @@
 #include <memory>
 
 #include <google/protobuf/arena.h>
+#include <google/protobuf/io/coded_stream.h>
 
 #include "libs/common/strings.h"
 #include "libs/protocol/mqtt/topic.h"
@@ -43,6 +44,53 @@ bool HasWildcard(std::string_view filter) {
   return filter.find_first_of("+#") != std::string_view::npos;
 }
 
+// MessageBatchRecord's wire format, written and read here without building the message (its
+// messages are serialized once, straight into the record; readers parse only what they use).
+constexpr uint8_t kBatchMessageTag = (1 << 3) | 2;  // messages = 1, length-delimited
+constexpr uint8_t kBatchFirstOffsetTag = (2 << 3) | 0;  // first_offset = 2, varint
+
+void AppendVarint(std::string* out, uint64_t v) {
+  while (v >= 0x80) {
+    out->push_back(static_cast<char>((v & 0x7f) | 0x80));
+    v >>= 7;
+  }
+  out->push_back(static_cast<char>(v));
+}
+
+// Appends `m` to a MessageBatchRecord being built in `record`; returns where its own
+// serialization starts.
+size_t AppendToBatch(const v1::Message& m, std::string* record) {
+  const size_t size = m.ByteSizeLong();
+  record->push_back(static_cast<char>(kBatchMessageTag));
+  AppendVarint(record, size);
+  const size_t at = record->size();
+  record->resize(at + size);
+  m.SerializeWithCachedSizesToArray(reinterpret_cast<uint8_t*>(record->data() + at));
+  return at;
+}
+
+// The serialized messages of a MessageBatchRecord and its first offset; false if malformed.
+bool DecodeBatch(std::string_view value, std::vector<std::string_view>* messages,
+                 uint64_t* first_offset) {
+  google::protobuf::io::CodedInputStream in(reinterpret_cast<const uint8_t*>(value.data()),
+                                            static_cast<int>(value.size()));
+  *first_offset = 0;
+  while (uint32_t tag = in.ReadTag()) {
+    if (tag == kBatchMessageTag) {
+      uint32_t len = 0;
+      if (!in.ReadVarint32(&len)) return false;
+      const size_t at = static_cast<size_t>(in.CurrentPosition());
+      if (len > value.size() - at || !in.Skip(static_cast<int>(len))) return false;
+      messages->push_back(value.substr(at, len));
+    } else if (tag == kBatchFirstOffsetTag) {
+      if (!in.ReadVarint64(first_offset)) return false;
+    } else {
+      return false;  // no other fields exist
+    }
+  }
+  return static_cast<size_t>(in.CurrentPosition()) == value.size() && *first_offset != 0;
+}
+
 }  // namespace
 
 // Key layout in the partition column family: [partition u32][kind u8][...]
@@ -51,7 +99,10 @@ bool HasWildcard(std::string_view filter) {
 //                        memtable's skiplist (cheap), not at a distant place (a full search).
 //   'S'                  PartitionStateRecord as stored by earlier versions: read when there
 //                        is no 'n', deleted when 'n' is first written
-//   'm' [offset u64]     Message (partition, offset and publish time filled in)
+//   'm' [offset u64]     from batched_from_offset on: MessageBatchRecord of the messages one
+//                        publish command appended, keyed by the last one's offset; below it
+//                        (partitions written by earlier versions): one Message per offset.
+//                        Messages have partition, offset and publish time filled in.
 //   'r' [topic bytes]    retained Message
 //   'p' [producer u64]   ProducerRecord
 //   'c' [client id]      SessionRecord
@@ -113,6 +164,7 @@ absl::Status PartitionStateMachine::Load() {
     state_.set_first_offset(1);
     state_.set_next_offset(1);
     state_.set_producers_through_offset(1);
+    state_.set_batched_from_offset(1);
     return absl::OkStatus();
   }
   if (!state_.ParseFromString(**v)) {
@@ -122,6 +174,8 @@ absl::Status PartitionStateMachine::Load() {
   if (!state_.has_producers_through_offset()) {
     state_.set_producers_through_offset(state_.next_offset());
   }
+  // Written before batches: every stored message has a record of its own.
+  if (!state_.has_batched_from_offset()) state_.set_batched_from_offset(state_.next_offset());
   if (absl::Status s = LoadSessions(); !s.ok()) return s;
   return ReplayProducers();
 }
@@ -129,27 +183,26 @@ absl::Status PartitionStateMachine::Load() {
 absl::Status PartitionStateMachine::ReplayProducers() {
   const uint64_t from = std::max(state_.producers_through_offset(), state_.first_offset());
   if (from >= state_.next_offset()) return absl::OkStatus();
-  rocksdb::ReadOptions ro;
-  std::string upper = MessageKey(state_.next_offset());
-  rocksdb::Slice upper_slice(upper);
-  ro.iterate_upper_bound = &upper_slice;
-  auto it = engine_.NewIterator(Family::kPartition, ro);
+  auto records = NewMessageIterator();
+  rocksdb::Iterator* it = records->it.get();
   uint64_t expected = from;
+  std::vector<StoredMessage> stored;
   for (it->Seek(MessageKey(from)); it->Valid(); it->Next()) {
-    std::string_view key(it->key().data(), it->key().size());
-    key.remove_prefix(5);
-    uint64_t offset = 0;
-    storage::GetU64(&key, &offset);
-    v1::Message m;
-    if (offset != expected ||
-        !m.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
-      return absl::DataLossError(StrCat("partition ", partition_, ": message ", expected,
-                                        " is missing or corrupt; producers cannot be restored"));
+    absl::Status s = DecodeMessages(*it, &stored);
+    if (!s.ok()) return s;
+    for (const StoredMessage& sm : stored) {
+      if (sm.offset < from) continue;
+      v1::Message m;
+      if (sm.offset != expected ||
+          !m.ParseFromArray(sm.bytes.data(), static_cast<int>(sm.bytes.size()))) {
+        return absl::DataLossError(StrCat("partition ", partition_, ": message ", expected,
+                                          " is missing or corrupt; producers cannot be restored"));
+      }
+      ++expected;
+      if (m.producer_id() == 0) continue;
+      RecordProducerMessage(m.producer_id(), Producer(m.producer_id()), m.sequence(), sm.offset,
+                            m.publish_time_unix_ms());
     }
-    ++expected;
-    if (m.producer_id() == 0) continue;
-    RecordProducerMessage(m.producer_id(), Producer(m.producer_id()), m.sequence(), offset,
-                          m.publish_time_unix_ms());
   }
   if (!it->status().ok()) return storage::FromRocks(it->status(), "producer replay");
   if (expected != state_.next_offset()) {
@@ -214,12 +267,24 @@ absl::StatusOr<ApplyResult> PartitionStateMachine::Apply(uint64_t index, std::st
   }
   const int64_t now = cmd.proposed_at_unix_ms();
   switch (cmd.command_case()) {
-    case v1::PartitionCommand::kPublish:
+    case v1::PartitionCommand::kPublish: {
+      // The messages appended become one MessageBatchRecord, built in a reused buffer.
+      thread_local std::string record;
+      record.clear();
+      const uint64_t first = state_.next_offset();
       result.publish.reserve(cmd.publish().messages_size());
       for (v1::Message& m : *cmd.mutable_publish()->mutable_messages()) {
-        result.publish.push_back(ApplyMessage(m, now, batch));
+        result.publish.push_back(ApplyMessage(m, now, batch, &record));
+      }
+      if (state_.next_offset() > first) {
+        record.push_back(static_cast<char>(kBatchFirstOffsetTag));
+        AppendVarint(&record, first);
+        batch->Put(engine_.handle(Family::kPartition), MessageKey(state_.next_offset() - 1),
+                   record);
+        state_.set_message_bytes(state_.message_bytes() + record.size());
       }
       break;
+    }
     case v1::PartitionCommand::kTrim:
       ApplyTrim(cmd.trim(), batch);
       break;
@@ -269,7 +334,8 @@ v1::ProducerRecord* PartitionStateMachine::Producer(uint64_t producer_id) {
 }
 
 v1::PublishResult PartitionStateMachine::ApplyMessage(v1::Message& m, int64_t now,
-                                                      rocksdb::WriteBatch* batch) {
+                                                      rocksdb::WriteBatch* batch,
+                                                      std::string* record) {
   v1::PublishResult r;
   r.set_partition(partition_);
   const uint64_t pid = m.producer_id();
@@ -301,20 +367,19 @@ v1::PublishResult PartitionStateMachine::ApplyMessage(v1::Message& m, int64_t no
   m.set_partition(partition_);
   m.set_offset(offset);
   m.set_publish_time_unix_ms(now);
-  const std::string_view value = Serialized(m);
-  batch->Put(engine_.handle(Family::kPartition), MessageKey(offset), value);
+  const size_t at = AppendToBatch(m, record);
   if (m.retain()) {
     // MQTT 5.0 §3.3.1.3: an empty retained payload removes the retained message; the message
     // itself is still delivered to current subscribers.
     if (m.payload().empty()) {
       batch->Delete(engine_.handle(Family::kPartition), RetainedKey(m.topic()));
     } else {
-      batch->Put(engine_.handle(Family::kPartition), RetainedKey(m.topic()), value);
+      batch->Put(engine_.handle(Family::kPartition), RetainedKey(m.topic()),
+                 std::string_view(*record).substr(at));
     }
   }
   state_.set_next_offset(offset + 1);
   state_.set_message_count(state_.message_count() + 1);
-  state_.set_message_bytes(state_.message_bytes() + value.size());
   if (pid != 0) RecordProducerMessage(pid, producer, m.sequence(), offset, now);
   r.set_epoch(state_.epoch());
   r.set_offset(offset);
@@ -368,34 +433,39 @@ absl::StatusOr<FetchOutput> PartitionStateMachine::Fetch(uint64_t after_offset,
   }
   out.evaluated_through = std::max(after_offset, out.gap_to);
   if (start > end) return out;
-  rocksdb::ReadOptions ro;
-  std::string upper = MessageKey(end + 1);
-  rocksdb::Slice upper_slice(upper);
-  ro.iterate_upper_bound = &upper_slice;
-  auto it = engine_.NewIterator(Family::kPartition, ro);
+  auto records = NewMessageIterator();
+  rocksdb::Iterator* it = records->it.get();
   uint64_t bytes = 0;
   uint64_t scanned = 0;
+  bool past_end = false;
+  std::vector<StoredMessage> stored;
   for (it->Seek(MessageKey(start)); it->Valid(); it->Next()) {
-    if (++scanned > limits.max_scanned) return out;  // evaluated_through: the last one looked at
-    std::string_view key(it->key().data(), it->key().size());
-    key.remove_prefix(5);
-    uint64_t offset = 0;
-    storage::GetU64(&key, &offset);
-    v1::Message m;
-    if (!m.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
-      return absl::DataLossError(
-          StrCat("partition ", partition_, ": message ", offset, " is corrupt"));
-    }
-    if (!Expired(m, now_unix_ms) && filters.Matches(m.topic())) {
-      uint64_t size = it->value().size();
-      if (!out.messages.empty() &&
-          (out.messages.size() >= limits.max_messages || bytes + size > limits.max_bytes)) {
-        return out;  // evaluated_through stays before this message
+    absl::Status s = DecodeMessages(*it, &stored);
+    if (!s.ok()) return s;
+    for (const StoredMessage& sm : stored) {
+      if (sm.offset < start) continue;  // earlier messages of the first batch
+      if (sm.offset > end) {
+        past_end = true;
+        break;
       }
-      bytes += size;
-      out.messages.push_back(std::move(m));
+      if (++scanned > limits.max_scanned) return out;  // evaluated_through: the last looked at
+      v1::Message m;
+      if (!m.ParseFromArray(sm.bytes.data(), static_cast<int>(sm.bytes.size()))) {
+        return absl::DataLossError(
+            StrCat("partition ", partition_, ": message ", sm.offset, " is corrupt"));
+      }
+      if (!Expired(m, now_unix_ms) && filters.Matches(m.topic())) {
+        uint64_t size = sm.bytes.size();
+        if (!out.messages.empty() &&
+            (out.messages.size() >= limits.max_messages || bytes + size > limits.max_bytes)) {
+          return out;  // evaluated_through stays before this message
+        }
+        bytes += size;
+        out.messages.push_back(std::move(m));
+      }
+      out.evaluated_through = sm.offset;
     }
-    out.evaluated_through = offset;
+    if (past_end) break;
   }
   if (!it->status().ok()) return storage::FromRocks(it->status(), "fetch");
   out.evaluated_through = end;
@@ -487,32 +557,79 @@ absl::StatusOr<std::optional<v1::TrimCommand>> PartitionStateMachine::PlanRetent
   uint64_t remaining = state_.message_bytes();
   v1::TrimCommand trim;
   trim.set_before_offset(state_.first_offset());
-  auto it = engine_.NewIterator(Family::kPartition);
+  // Whole records: a batch's messages share their publish time, and trimming part of a record
+  // would leave its bytes counted.
+  auto records = NewMessageIterator();
+  rocksdb::Iterator* it = records->it.get();
+  std::vector<StoredMessage> stored;
   for (it->Seek(MessageKey(state_.first_offset())); it->Valid(); it->Next()) {
-    std::string_view key(it->key().data(), it->key().size());
-    if (!key.starts_with(Key('m'))) break;
-    key.remove_prefix(5);
-    uint64_t offset = 0;
-    storage::GetU64(&key, &offset);
+    absl::Status s = DecodeMessages(*it, &stored);
+    if (!s.ok()) return s;
+    // A batch that began below first_offset (a trim planned by an earlier version cut it):
+    // only its messages from first_offset on are still counted.
+    size_t skip = 0;
+    while (skip < stored.size() && stored[skip].offset < state_.first_offset()) ++skip;
+    if (skip == stored.size()) continue;
     bool over_size = max_bytes > 0 && remaining > max_bytes;
     bool too_old = false;
     if (max_age_ms > 0 && !over_size) {
       v1::Message m;
-      if (!m.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      const StoredMessage& sm = stored[skip];
+      if (!m.ParseFromArray(sm.bytes.data(), static_cast<int>(sm.bytes.size()))) {
         return absl::DataLossError(
-            StrCat("partition ", partition_, ": message ", offset, " is corrupt"));
+            StrCat("partition ", partition_, ": message ", sm.offset, " is corrupt"));
       }
       too_old = m.publish_time_unix_ms() < now_unix_ms - max_age_ms;
     }
     if (!over_size && !too_old) break;
     remaining -= std::min<uint64_t>(remaining, it->value().size());
-    trim.set_removed_messages(trim.removed_messages() + 1);
+    trim.set_removed_messages(trim.removed_messages() + (stored.size() - skip));
     trim.set_removed_bytes(trim.removed_bytes() + it->value().size());
-    trim.set_before_offset(offset + 1);
+    trim.set_before_offset(stored.back().offset + 1);
   }
   if (!it->status().ok()) return storage::FromRocks(it->status(), "retention scan");
   if (trim.removed_messages() == 0) return std::optional<v1::TrimCommand>();
   return std::optional<v1::TrimCommand>(std::move(trim));
+}
+
+std::unique_ptr<PartitionStateMachine::MessageIterator> PartitionStateMachine::NewMessageIterator()
+    const {
+  auto m = std::make_unique<MessageIterator>();
+  // Every message record's key is at most the last offset's: the bound keeps the iterator
+  // out of the partition's other records.
+  m->upper = MessageKey(state_.next_offset());
+  m->upper_slice = rocksdb::Slice(m->upper);
+  rocksdb::ReadOptions ro;
+  ro.iterate_upper_bound = &m->upper_slice;
+  m->it = engine_.NewIterator(Family::kPartition, ro);
+  return m;
+}
+
+absl::Status PartitionStateMachine::DecodeMessages(const rocksdb::Iterator& it,
+                                                   std::vector<StoredMessage>* out) const {
+  out->clear();
+  std::string_view key(it.key().data(), it.key().size());
+  std::string_view value(it.value().data(), it.value().size());
+  uint64_t offset = 0;
+  if (key.size() != 13 || key.substr(0, 5) != Key('m')) {
+    return absl::DataLossError(StrCat("partition ", partition_, ": unexpected key in messages"));
+  }
+  key.remove_prefix(5);
+  storage::GetU64(&key, &offset);
+  if (offset < state_.batched_from_offset()) {
+    out->push_back(StoredMessage{offset, value});
+    return absl::OkStatus();
+  }
+  thread_local std::vector<std::string_view> messages;
+  messages.clear();
+  uint64_t first = 0;
+  if (!DecodeBatch(value, &messages, &first) || messages.empty() ||
+      first + messages.size() - 1 != offset) {
+    return absl::DataLossError(
+        StrCat("partition ", partition_, ": message batch ending at ", offset, " is corrupt"));
+  }
+  for (size_t i = 0; i < messages.size(); ++i) out->push_back({first + i, messages[i]});
+  return absl::OkStatus();
 }
 
 }  // namespace herald::broker

@@ -185,7 +185,23 @@ class PartitionStateMachine {
   PartitionStateMachine(storage::Engine& engine, uint32_t partition, PartitionOptions options)
       : engine_(engine), partition_(partition), options_(options) {}
   absl::Status Load();
-  v1::PublishResult ApplyMessage(v1::Message& m, int64_t now, rocksdb::WriteBatch* batch);
+  // Judges and appends one message of a publish command: its serialization goes into `record`,
+  // the command's MessageBatchRecord being built.
+  v1::PublishResult ApplyMessage(v1::Message& m, int64_t now, rocksdb::WriteBatch* batch,
+                                 std::string* record);
+  // Reading stored messages, whatever their record layout (see batched_from_offset).
+  struct MessageIterator {  // over the message records, bounded by the last offset
+    std::string upper;
+    rocksdb::Slice upper_slice;
+    std::unique_ptr<rocksdb::Iterator> it;
+  };
+  std::unique_ptr<MessageIterator> NewMessageIterator() const;
+  struct StoredMessage {
+    uint64_t offset;
+    std::string_view bytes;  // a serialized Message, pointing into the iterator's value
+  };
+  // The messages of the record at `it`, in offset order.
+  absl::Status DecodeMessages(const rocksdb::Iterator& it, std::vector<StoredMessage>* out) const;
   void ApplyTrim(const v1::TrimCommand& t, rocksdb::WriteBatch* batch);
   // Sessions (session_state.cc).
   absl::Status LoadSessions();

@@ -143,9 +143,9 @@ TEST_F(PartitionTest, EntriesAppliedIntoOneBatchWriteTheStateOnce) {
                   .ok());
   ASSERT_TRUE(psm_->Apply(2, PublishEntry(1001, {Msg("t", "c", 77, 3)}), &b).ok());
   psm_->ApplyOther(3);
-  EXPECT_EQ(b.Count(), 3u);  // the messages only: nothing in-place staged yet
+  EXPECT_EQ(b.Count(), 2u);  // one message record per command: nothing in-place staged yet
   psm_->StageApplied(&b);
-  EXPECT_EQ(b.Count(), 4u);  // + the state record (the producer waits for its checkpoint)
+  EXPECT_EQ(b.Count(), 3u);  // + the state record (the producer waits for its checkpoint)
   ASSERT_TRUE(engine_->Write(&b).ok());
   rocksdb::WriteBatch empty;
   psm_->StageApplied(&empty);
@@ -400,13 +400,128 @@ TEST_F(PartitionTest, RetentionTrimsByAgeAndSizeAndReadersSeeTheGap) {
   ASSERT_EQ(f->messages.size(), 5u);
   EXPECT_EQ(f->messages[0].offset(), 6u);
 
-  // Size: keep at most ~3 messages' worth.
-  uint64_t one = psm_->state().message_bytes() / 5;
+  // Size: whole records (one per publish command) go, oldest first, until the rest fits.
+  const uint64_t five = psm_->state().message_bytes();
+  for (uint64_t i = 0; i < 3; ++i) Apply(4 + i, PublishEntry(9500, {Msg("t", std::string(100, 'x'))}));
+  const uint64_t one = (psm_->state().message_bytes() - five) / 3;
   auto by_size = psm_->PlanRetention(10'000, 0, 3 * one);
   ASSERT_TRUE(by_size->has_value());
-  EXPECT_EQ((*by_size)->before_offset(), 8u);
+  EXPECT_EQ((*by_size)->before_offset(), 11u);  // the record of offsets 6..10
+  EXPECT_EQ((*by_size)->removed_messages(), 5u);
+  EXPECT_EQ((*by_size)->removed_bytes(), five);
+  by_size = psm_->PlanRetention(10'000, 0, 2 * one);
+  ASSERT_TRUE(by_size->has_value());
+  EXPECT_EQ((*by_size)->before_offset(), 12u);
+  EXPECT_EQ((*by_size)->removed_messages(), 6u);
   // Nothing to do when within limits.
   EXPECT_FALSE(psm_->PlanRetention(10'000, 0, 100 * one)->has_value());
+}
+
+TEST_F(PartitionTest, ReadsStartAndStopInsideTheRecordOfOneCommand) {
+  // One record holds a command's messages (offsets 1..5); a second command adds 6..7.
+  Apply(1, PublishEntry(1000, {Msg("a", "1"), Msg("b", "2"), Msg("a", "3"), Msg("b", "4"),
+                               Msg("a", "5")}));
+  Apply(2, PublishEntry(1001, {Msg("b", "6"), Msg("a", "7")}));
+  auto offsets = [](const FetchOutput& f) {
+    std::vector<uint64_t> v;
+    for (const auto& m : f.messages) v.push_back(m.offset());
+    return v;
+  };
+  auto f = psm_->Fetch(2, 4, {"#"}, 2000, {});
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(offsets(*f), (std::vector<uint64_t>{3, 4}));
+  EXPECT_EQ(f->evaluated_through, 4u);
+  f = psm_->Fetch(3, 0, {"a"}, 2000, {.max_messages = 1});
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(offsets(*f), (std::vector<uint64_t>{5}));
+  EXPECT_EQ(f->evaluated_through, 6u);  // 6 ("b") looked at and filtered out; 7 not returned
+  f = psm_->Fetch(6, 0, {"a"}, 2000, {});
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(offsets(*f), (std::vector<uint64_t>{7}));
+  f = psm_->Fetch(0, 0, {"b"}, 2000, {.max_scanned = 3});
+  ASSERT_TRUE(f.ok());
+  EXPECT_EQ(offsets(*f), (std::vector<uint64_t>{2}));
+  EXPECT_EQ(f->evaluated_through, 3u);
+  f = psm_->Fetch(7, 0, {"#"}, 2000, {});
+  ASSERT_TRUE(f.ok());
+  EXPECT_TRUE(f->messages.empty());
+  EXPECT_EQ(f->evaluated_through, 7u);
+}
+
+TEST_F(PartitionTest, ATrimThatCutsARecordHidesItsEarlierMessages) {
+  // An earlier version's leader plans trims per message, so a trim may end inside a record.
+  Apply(1, PublishEntry(1000, {Msg("t", "1"), Msg("t", "2"), Msg("t", "3"), Msg("t", "4")}));
+  Apply(2, PublishEntry(1001, {Msg("t", "5")}));
+  v1::PartitionCommand trim;
+  trim.set_proposed_at_unix_ms(5000);
+  trim.mutable_trim()->set_before_offset(3);
+  trim.mutable_trim()->set_removed_messages(2);
+  Apply(3, trim.SerializeAsString());
+  auto f = psm_->Fetch(0, 0, {"t"}, 5000, {});
+  ASSERT_TRUE(f.ok()) << f.status();
+  EXPECT_EQ(f->gap_to, 2u);
+  ASSERT_EQ(f->messages.size(), 3u);
+  EXPECT_EQ(f->messages[0].offset(), 3u);
+  // Retention removes the rest of the cut record: two messages still counted, whole record.
+  auto plan = psm_->PlanRetention(10'000, 5000, 0);
+  ASSERT_TRUE(plan.ok());
+  ASSERT_TRUE(plan->has_value());
+  EXPECT_EQ((*plan)->before_offset(), 6u);
+  EXPECT_EQ((*plan)->removed_messages(), 3u);
+  *trim.mutable_trim() = **plan;
+  Apply(4, trim.SerializeAsString());
+  EXPECT_TRUE(FetchAll("t").empty());
+  EXPECT_EQ(psm_->state().message_count(), 0u);
+}
+
+TEST_F(PartitionTest, MessagesStoredOnePerRecordAreReadWithTheBatchesAfterThem) {
+  // As earlier versions stored messages 1..3: a record each, state without batched_from.
+  v1::PartitionStateRecord st;
+  st.set_applied_index(4);
+  st.set_epoch(1);
+  st.set_first_offset(1);
+  st.set_next_offset(4);
+  st.set_message_count(3);
+  st.set_producers_through_offset(1);  // producer 77's messages replayed from the records
+  rocksdb::WriteBatch b;
+  for (uint64_t off : {1, 2, 3}) {
+    v1::Message m = Msg(off == 2 ? "u" : "t", "x", 77, off);
+    m.set_partition(3);
+    m.set_offset(off);
+    std::string k = RawKey('m');
+    storage::PutU64(&k, off);
+    b.Put(engine_->handle(storage::Family::kPartition), k, m.SerializeAsString());
+  }
+  b.Put(engine_->handle(storage::Family::kPartition), RawKey('n'), st.SerializeAsString());
+  ASSERT_TRUE(engine_->Write(&b).ok());
+  Reopen();
+  EXPECT_EQ(psm_->state().batched_from_offset(), 4u);
+  auto r = Apply(5, PublishEntry(1000, {Msg("t", "y", 77, 3), Msg("t", "z", 77, 4),
+                                        Msg("u", "w", 77, 5)}));
+  ASSERT_EQ(r.publish.size(), 3u);
+  EXPECT_TRUE(r.publish[0].duplicate());  // replayed from the per-message records
+  EXPECT_EQ(r.publish[0].offset(), 3u);
+  EXPECT_EQ(r.publish[2].offset(), 5u);
+  Reopen();  // the producer is replayed across both layouts
+  EXPECT_EQ(psm_->state().batched_from_offset(), 4u);
+  EXPECT_TRUE(Apply(6, PublishEntry(1001, {Msg("t", "z", 77, 5)})).publish[0].duplicate());
+  auto f = psm_->Fetch(1, 0, {"t"}, 2000, {});
+  ASSERT_TRUE(f.ok()) << f.status();
+  ASSERT_EQ(f->messages.size(), 2u);
+  EXPECT_EQ(f->messages[0].offset(), 3u);
+  EXPECT_EQ(f->messages[1].offset(), 4u);
+  EXPECT_EQ(FetchAll("u").size(), 2u);
+}
+
+TEST_F(PartitionTest, ACorruptMessageRecordIsAnErrorNotACrash) {
+  Apply(1, PublishEntry(1000, {Msg("t", "1"), Msg("t", "2")}));
+  std::string k = RawKey('m');
+  storage::PutU64(&k, 2);
+  rocksdb::WriteBatch b;
+  b.Put(engine_->handle(storage::Family::kPartition), k, std::string("\x0a\x50short", 7));
+  ASSERT_TRUE(engine_->Write(&b).ok());
+  auto f = psm_->Fetch(0, 0, {"t"}, 2000, {});
+  EXPECT_EQ(f.status().code(), absl::StatusCode::kDataLoss);
 }
 
 TEST_F(PartitionTest, CorruptEntryIsAnErrorNotACrash) {

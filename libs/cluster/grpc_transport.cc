@@ -152,11 +152,12 @@ namespace {
 
 // Snapshot data is a stream of records: [key length u32][key][value length u32][value].
 constexpr size_t kSnapshotChunkBytes = 1 << 20;
-// 2: a partition's state record under [partition]['n'] and its producers' records as of the
-// checkpoint the state names (libs/broker). 1 (state under 'S', producer records current) is
-// still accepted: the state machine reads both. A node that knows only 1 refuses 2 before
-// touching its replica.
-constexpr uint32_t kSnapshotFormat = 2;
+// 3: messages from the state's batched_from_offset on stored one record per publish command
+// (MessageBatchRecord). 2: a partition's state record under [partition]['n'] and its producers'
+// records as of the checkpoint the state names (libs/broker). 1 (state under 'S', producer
+// records current) and 2 are still accepted: the state machine reads them all. A node that knows
+// only older formats refuses a newer one before touching its replica.
+constexpr uint32_t kSnapshotFormat = 3;
 constexpr uint32_t kOldestSnapshotFormat = 1;
 
 uint32_t Crc32cTableEntry(uint32_t i) {
