@@ -409,7 +409,7 @@ void PartitionStateMachine::ApplyTrim(const v1::TrimCommand& t, rocksdb::WriteBa
   if (before > state_.producers_through_offset()) checkpoint_producers_ = true;
   // From offset 0 (never a message), not first_offset: a range deletion must not begin at a
   // key that gets memtable insert hints (storage::Engine, AppendHint).
-  batch->DeleteRange(engine_.handle(Family::kPartition), MessageKey(0), MessageKey(before));
+  engine_.StageDeleteRange(batch, Family::kPartition, MessageKey(0), MessageKey(before));
   state_.set_first_offset(before);
   state_.set_message_count(state_.message_count() -
                            std::min(state_.message_count(), t.removed_messages()));
@@ -552,17 +552,19 @@ absl::StatusOr<std::vector<v1::Message>> PartitionStateMachine::RetainedPage(
 }
 
 absl::StatusOr<std::optional<v1::TrimCommand>> PartitionStateMachine::PlanRetention(
-    int64_t now_unix_ms, int64_t max_age_ms, uint64_t max_bytes) const {
+    int64_t now_unix_ms, int64_t max_age_ms, uint64_t max_bytes, size_t max_records) const {
   if (max_age_ms <= 0 && max_bytes == 0) return std::optional<v1::TrimCommand>();
   uint64_t remaining = state_.message_bytes();
   v1::TrimCommand trim;
   trim.set_before_offset(state_.first_offset());
-  // Whole records: a batch's messages share their publish time, and trimming part of a record
-  // would leave its bytes counted.
+  // Whole records: a record's messages share their publish time, and its bytes are counted as
+  // one (message_bytes).
   auto records = NewMessageIterator();
   rocksdb::Iterator* it = records->it.get();
   std::vector<StoredMessage> stored;
-  for (it->Seek(MessageKey(state_.first_offset())); it->Valid(); it->Next()) {
+  size_t looked_at = 0;
+  for (it->Seek(MessageKey(state_.first_offset())); it->Valid() && looked_at < max_records;
+       it->Next(), ++looked_at) {
     absl::Status s = DecodeMessages(*it, &stored);
     if (!s.ok()) return s;
     // A batch that began below first_offset (a trim planned by an earlier version cut it):
@@ -570,7 +572,9 @@ absl::StatusOr<std::optional<v1::TrimCommand>> PartitionStateMachine::PlanRetent
     size_t skip = 0;
     while (skip < stored.size() && stored[skip].offset < state_.first_offset()) ++skip;
     if (skip == stored.size()) continue;
-    bool over_size = max_bytes > 0 && remaining > max_bytes;
+    const uint64_t size = it->value().size();
+    // Kept unless what stays without it is still at least max_bytes.
+    bool over_size = max_bytes > 0 && remaining >= size && remaining - size >= max_bytes;
     bool too_old = false;
     if (max_age_ms > 0 && !over_size) {
       v1::Message m;
@@ -582,9 +586,9 @@ absl::StatusOr<std::optional<v1::TrimCommand>> PartitionStateMachine::PlanRetent
       too_old = m.publish_time_unix_ms() < now_unix_ms - max_age_ms;
     }
     if (!over_size && !too_old) break;
-    remaining -= std::min<uint64_t>(remaining, it->value().size());
+    remaining -= std::min(remaining, size);
     trim.set_removed_messages(trim.removed_messages() + (stored.size() - skip));
-    trim.set_removed_bytes(trim.removed_bytes() + it->value().size());
+    trim.set_removed_bytes(trim.removed_bytes() + size);
     trim.set_before_offset(stored.back().offset + 1);
   }
   if (!it->status().ok()) return storage::FromRocks(it->status(), "retention scan");

@@ -164,11 +164,15 @@ class PartitionStateMachine {
                                                         size_t max_scanned = 10000) const;
 
   // Retention: the trim that removes every message older than `max_age_ms` (0: no age limit)
-  // and the oldest messages beyond `max_bytes` in total (0: no size limit), or nothing. The
-  // leader proposes it as a TrimCommand.
+  // and the oldest messages while what stays is still at least `max_bytes` (0: no size limit;
+  // so a partition keeps at least max_bytes of its newest messages and exceeds it by less than
+  // one record), or nothing. Whole records go (one per publish command). At most `max_records`
+  // records are looked at, so a large backlog is trimmed in several steps without a long scan
+  // on the host's thread. The leader proposes it as a TrimCommand.
   absl::StatusOr<std::optional<v1::TrimCommand>> PlanRetention(int64_t now_unix_ms,
                                                                int64_t max_age_ms,
-                                                               uint64_t max_bytes) const;
+                                                               uint64_t max_bytes,
+                                                               size_t max_records = 10000) const;
 
   // Records that the entry at `index` changed the group's membership to `conf`.
   // Staged by the next StageApplied.

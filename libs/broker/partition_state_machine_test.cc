@@ -413,8 +413,17 @@ TEST_F(PartitionTest, RetentionTrimsByAgeAndSizeAndReadersSeeTheGap) {
   ASSERT_TRUE(by_size->has_value());
   EXPECT_EQ((*by_size)->before_offset(), 12u);
   EXPECT_EQ((*by_size)->removed_messages(), 6u);
+  // The newest record stays even when alone it exceeds the limit: at least max_bytes is kept.
+  by_size = psm_->PlanRetention(10'000, 0, 1);
+  ASSERT_TRUE(by_size->has_value());
+  EXPECT_EQ((*by_size)->before_offset(), 13u);
+  // A long backlog is planned a few records at a time.
+  by_size = psm_->PlanRetention(10'000, 0, 1, /*max_records=*/2);
+  ASSERT_TRUE(by_size->has_value());
+  EXPECT_EQ((*by_size)->before_offset(), 12u);
   // Nothing to do when within limits.
   EXPECT_FALSE(psm_->PlanRetention(10'000, 0, 100 * one)->has_value());
+  EXPECT_FALSE(psm_->PlanRetention(10'000, 0, five + 3 * one)->has_value());
 }
 
 TEST_F(PartitionTest, ReadsStartAndStopInsideTheRecordOfOneCommand) {

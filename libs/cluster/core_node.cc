@@ -45,6 +45,14 @@ void CoreNodeConfig::AddOptions(ConfigSchema& schema) {
              "fsync every Raft write batch. Turning it off risks acknowledged messages on power "
              "loss.");
   schema.Add("storage.block_cache", &storage_block_cache, "RocksDB block cache size.");
+  schema.Add("retention.max_age", &retention_max_age,
+             "Messages older than this are removed from their partition (0: kept whatever their "
+             "age). Readers resuming before what was removed are told of the gap.");
+  schema.Add("retention.max_bytes", &retention_max_bytes,
+             "Per partition: the oldest messages are removed while the rest still takes at least "
+             "this much (0: no size limit). Removal is by whole publish commands.");
+  schema.Add("retention.check_interval", &retention_check_interval,
+             "How often partition leaders check retention.");
   grpc_tls.AddOptions(schema);
 }
 
@@ -125,6 +133,11 @@ absl::Status CoreNode::Start(const std::string& data_dir) {
   ho.node_id = config_.node_id;
   ho.tick = std::chrono::milliseconds(absl::ToInt64Milliseconds(config_.raft_tick));
   ho.election_ticks = config_.raft_election_ticks;
+  ho.retention_max_age =
+      std::chrono::milliseconds(absl::ToInt64Milliseconds(config_.retention_max_age));
+  ho.retention_max_bytes = config_.retention_max_bytes.bytes;
+  ho.retention_check_interval =
+      std::chrono::milliseconds(absl::ToInt64Milliseconds(config_.retention_check_interval));
   host_ = std::make_unique<RaftHost>(*engine_, *transport_, ho);
   // The metadata group: founded by the first (up to) five founding nodes.
   std::vector<raft::NodeId> meta_voters = founding_;

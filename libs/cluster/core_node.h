@@ -55,11 +55,16 @@ struct CoreNodeConfig {
   absl::Duration session_timer_interval = absl::Milliseconds(200);
   bool storage_sync = true;
   ByteSize storage_block_cache{256ull << 20};
+  // Retention per partition (RaftHostOptions): messages older than retention_max_age are
+  // removed, and the oldest ones beyond retention_max_bytes (zero: no limit).
+  absl::Duration retention_max_age = absl::Hours(24 * 7);
+  ByteSize retention_max_bytes{0};
+  absl::Duration retention_check_interval = absl::Seconds(10);
   // Mutual TLS on the gRPC server and on every channel to other nodes (grpc.tls.*).
   GrpcTlsConfig grpc_tls;
 
-  // Registers the options under "core.", "cluster.", "raft.", "session.", "storage." and
-  // "grpc.tls.".
+  // Registers the options under "core.", "cluster.", "raft.", "session.", "storage.",
+  // "retention." and "grpc.tls.".
   void AddOptions(ConfigSchema& schema);
 };
 

@@ -326,7 +326,9 @@ void GrpcRaftTransport::RunSnapshotTransfer(GroupId group, raft::Message message
   h->set_from_node_id(self_);
   h->set_group_id(group);
   ToProto(message, h->mutable_message());
-  h->set_format_version(kSnapshotFormat);
+  // The metadata group's image has kept format 1 (later formats changed partition records
+  // only), so nodes of any version take it.
+  h->set_format_version(group == kMetadataGroup ? kOldestSnapshotFormat : kSnapshotFormat);
   bool ok = writer->Write(chunk);
   chunk.Clear();
 

@@ -30,6 +30,8 @@ struct RaftHost::Group {
   uint64_t conf_index = 0;
   // Highest compaction index proposed by this node as leader and not yet applied.
   uint64_t compaction_proposed = 0;
+  // Log index of the retention trim this node proposed as leader, until applied (0: none).
+  uint64_t retention_proposed = 0;
   // A snapshot is being written into this replica: it takes no Raft messages and no ticks.
   bool installing = false;
   // The image captured by the last snapshot handed to Raft, until its message is sent.
@@ -111,9 +113,9 @@ std::string PrefixEnd(std::string prefix) {
 void StageWipe(storage::Engine& engine, GroupId id, const raft::HardState& hs,
                rocksdb::WriteBatch* batch) {
   std::string prefix = GroupStatePrefix(id);
-  batch->DeleteRange(engine.handle(storage::Family::kPartition), prefix, PrefixEnd(prefix));
-  batch->DeleteRange(engine.handle(storage::Family::kRaftLog), storage::RaftLogKey(id, 0),
-                     storage::RaftLogKey(id + 1, 0));
+  engine.StageDeleteRange(batch, storage::Family::kPartition, prefix, PrefixEnd(prefix));
+  engine.StageDeleteRange(batch, storage::Family::kRaftLog, storage::RaftLogKey(id, 0),
+                          storage::RaftLogKey(id + 1, 0));
   batch->Delete(engine.handle(storage::Family::kRaftState), storage::RaftStateKey(id, 's'));
   batch->Delete(engine.handle(storage::Family::kRaftState), storage::RaftStateKey(id, 'i'));
   if (!hs.IsEmpty()) {
@@ -387,7 +389,7 @@ absl::Status RaftHost::BeginSnapshotInstall(GroupId group, uint64_t index, uint6
     std::string prefix = GroupStatePrefix(group);
     batch.Put(engine_.handle(storage::Family::kRaftState), storage::RaftStateKey(group, 'i'),
               std::to_string(index));
-    batch.DeleteRange(engine_.handle(storage::Family::kPartition), prefix, PrefixEnd(prefix));
+    engine_.StageDeleteRange(&batch, storage::Family::kPartition, prefix, PrefixEnd(prefix));
     return engine_.Write(&batch);
   });
 }
@@ -812,6 +814,11 @@ void RaftHost::Run() {
         for (int i = 0; i < ticks; ++i) g->node->Tick();
       }
       transport_.Tick();
+      if ((options_.retention_max_age.count() > 0 || options_.retention_max_bytes > 0) &&
+          std::chrono::steady_clock::now() >= next_retention_check_) {
+        next_retention_check_ = std::chrono::steady_clock::now() + options_.retention_check_interval;
+        for (auto& [id, g] : groups_) MaybeProposeRetention(*g);
+      }
     }
     RunPass(inbox);
     if (inbox.stop) break;
@@ -1220,6 +1227,7 @@ void RaftHost::RunPass(Inbox& inbox) {
     if (g->was_leader && !leader) {
       FailPending(*g, absl::UnavailableError("leadership lost; outcome unknown"));
       g->compaction_proposed = 0;
+      g->retention_proposed = 0;
     }
     // Not (or no longer) the leader: its reads are refused with a hint.
     if (!leader && g->reads_pending()) AnswerReads(*g, /*gone=*/false);
@@ -1367,6 +1375,29 @@ void RaftHost::TickQuiescence(int ticks) {
     }
   }
   if (sent) transport_.Flush();
+}
+
+void RaftHost::MaybeProposeRetention(Group& g) {
+  if (g.meta || !g.sm || g.installing || g.node->role() != raft::Role::kLeader) return;
+  if (g.retention_proposed != 0) {
+    if (g.sm->applied_index() < g.retention_proposed) return;  // the last one is still under way
+    g.retention_proposed = 0;
+  }
+  const int64_t now =
+      std::chrono::duration_cast<std::chrono::milliseconds>(clock_.WallNow().time_since_epoch())
+          .count();
+  // Reads what every earlier pass wrote: the state machine and the database agree here.
+  auto plan = g.sm->PlanRetention(now, options_.retention_max_age.count(),
+                                  options_.retention_max_bytes);
+  if (!plan.ok()) {
+    spdlog::warn("raft group {}: planning retention: {}", g.id, plan.status().ToString());
+    return;
+  }
+  if (!plan->has_value()) return;
+  v1::PartitionCommand cmd;
+  cmd.set_proposed_at_unix_ms(now);
+  *cmd.mutable_trim() = std::move(**plan);
+  if (g.node->Propose(cmd.SerializeAsString()).ok()) g.retention_proposed = g.node->last_index();
 }
 
 void RaftHost::MaybeProposeCompaction(Group& g) {

@@ -134,6 +134,13 @@ struct RaftHostOptions {
   // has replicated. 0 disables compaction.
   uint64_t log_compact_threshold = 20000;
   uint64_t log_keep_entries = 2000;
+  // Retention: every `retention_check_interval`, the leader of each partition group plans
+  // (PartitionStateMachine::PlanRetention) the removal of messages older than
+  // `retention_max_age` and of the oldest records beyond `retention_max_bytes` per partition,
+  // and proposes it as a TrimCommand (one at a time per group). Zero disables that limit.
+  std::chrono::milliseconds retention_max_age{0};
+  uint64_t retention_max_bytes = 0;
+  std::chrono::milliseconds retention_check_interval{10000};
 };
 
 // The outcome of a proposal: OK with what the apply produced, or why it did not (or may not
@@ -336,6 +343,8 @@ class RaftHost {
   // Runs the reads whose read index the group has applied.
   void ServeReads(Group& g);
   void MaybeProposeCompaction(Group& g);
+  // Proposes the trim retention calls for in `g` if this node leads it (see RaftHostOptions).
+  void MaybeProposeRetention(Group& g);
   // Quiescence (host thread, once per tick): wakes quiesced groups that lost a member, and
   // quiesces idle groups this node leads.
   void TickQuiescence(int ticks);
@@ -365,6 +374,8 @@ class RaftHost {
   // Pipelined fsync (host thread): passes written and not yet released, oldest first.
   std::deque<Outgoing> outgoing_;
   uint64_t write_seq_ = 0;
+  // When the groups' retention is next checked (host thread).
+  std::chrono::steady_clock::time_point next_retention_check_{};
   // Host thread: groups with reads asked since the last pass; ReadIndex contexts.
   std::vector<GroupId> groups_with_reads_;
   uint64_t next_read_ctx_ = 1;

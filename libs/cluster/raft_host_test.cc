@@ -64,6 +64,8 @@ class RaftHostTest : public ::testing::Test {
     o.election_ticks = election_ticks;
     o.log_compact_threshold = compact_threshold;
     o.log_keep_entries = keep;
+    o.retention_max_age = retention_max_age_;
+    o.retention_check_interval = 20ms;
     n.host = std::make_unique<RaftHost>(*n.engine, *n.transport, o);
     ASSERT_TRUE(n.host->AddPartitionGroup(kGroup, 0, voters).ok());
     net_.Attach(id, n.host.get());
@@ -123,6 +125,15 @@ class RaftHostTest : public ::testing::Test {
     return 0;
   }
 
+  // Offsets of the first stored message and of the last, on `id`.
+  std::pair<uint64_t, uint64_t> Offsets(raft::NodeId id) {
+    std::pair<uint64_t, uint64_t> out;
+    nodes_[id].host->WithPartition(kGroup, [&](broker::PartitionStateMachine& sm) {
+      out = {sm.state().first_offset(), sm.last_offset()};
+    });
+    return out;
+  }
+
   std::vector<std::string> ReadAll(raft::NodeId id) {
     std::vector<std::string> out;
     nodes_[id].host->WithPartition(kGroup, [&](broker::PartitionStateMachine& sm) {
@@ -148,6 +159,7 @@ class RaftHostTest : public ::testing::Test {
   raft::NodeId StartQuiescedTrio(uint64_t producer);
 
   std::string root_;
+  std::chrono::milliseconds retention_max_age_{0};
   LocalNetwork net_;
   std::map<raft::NodeId, TestNode> nodes_;
 };
@@ -271,6 +283,37 @@ TEST_F(RaftHostTest, LogIsCompactedBehindEveryReplicaAndNothingIsLost) {
   target = nodes_[leader].host->Status()[0].applied;
   ASSERT_TRUE(WaitApplied(follower, target));
   EXPECT_EQ(ReadAll(follower), acked);
+}
+
+TEST_F(RaftHostTest, LeaderTrimsMessagesOlderThanTheRetentionAgeOnEveryReplica) {
+  retention_max_age_ = 1h;
+  for (raft::NodeId id : {1, 2, 3}) StartNode(id, {1, 2, 3});
+  // Published "in 1970" (PublishCommand's proposal time): older than an hour.
+  for (uint64_t i = 1; i <= 5; ++i) PublishWithRetry("old" + std::to_string(i), 7, i);
+  // Published now: kept.
+  v1::PartitionCommand c;
+  c.set_proposed_at_unix_ms(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                std::chrono::system_clock::now().time_since_epoch())
+                                .count());
+  v1::Message* m = c.mutable_publish()->add_messages();
+  m->set_topic("t");
+  m->set_payload("new");
+  ProposalResult r = ProposeAndWait(WaitForLeader(), c.SerializeAsString());
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  ASSERT_EQ(r.apply.publish.size(), 1u);
+  const uint64_t kept = r.apply.publish[0].offset();
+  for (raft::NodeId id : {1, 2, 3}) {
+    auto deadline = std::chrono::steady_clock::now() + 10s;
+    while (Offsets(id).first != kept && std::chrono::steady_clock::now() < deadline) {
+      std::this_thread::sleep_for(10ms);
+    }
+    EXPECT_EQ(Offsets(id), std::make_pair(kept, kept)) << "node " << id;
+    EXPECT_EQ(ReadAll(id), std::vector<std::string>{"new"}) << "node " << id;
+    nodes_[id].host->WithPartition(kGroup, [&](broker::PartitionStateMachine& sm) {
+      EXPECT_EQ(sm.state().trimmed_messages(), 5u);
+      EXPECT_EQ(sm.state().message_count(), 1u);
+    });
+  }
 }
 
 TEST_F(RaftHostTest, HandOffLeadershipLeavesNoGroupLeaderless) {

@@ -5,6 +5,8 @@
 #include <rocksdb/slice_transform.h>
 #include <rocksdb/table.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <memory>
 
 #include "libs/common/strings.h"
@@ -50,7 +52,8 @@ namespace {
 // uses one hint table for a memtable's point keys and its range tombstones, and a tombstone
 // inserted with a point key's hint corrupts the skiplist. Herald's range deletions therefore
 // begin at position 0 of a stream (RaftLogKey(group, 0), a partition's message key for offset 0)
-// or at a shorter prefix; storage_test checks that this holds for every writer.
+// or at a shorter prefix, and Engine::StageDeleteRange (which every range deletion uses) aborts
+// on a begin key inside the domain.
 class AppendHint final : public rocksdb::SliceTransform {
  public:
   AppendHint(const char* name, size_t prefix_bytes) : name_(name), prefix_bytes_(prefix_bytes) {}
@@ -100,9 +103,9 @@ rocksdb::ColumnFamilyOptions FamilyOptions(Family f, const EngineOptions& o,
       cf.compression = rocksdb::kLZ4Compression;
       cf.bottommost_compression = rocksdb::kZSTD;
       // [partition u32]['m'][offset u64]: each partition's messages are appended in offset
-      // order. (Other kinds of key have other lengths or are not appended in order; a topic of
-      // 8 bytes under 'r' would share a hint with its partition's other 8-byte topics, which is
-      // harmless: a hint is only where the search starts.)
+      // order. (Other 13-byte keys, of producers, wills, and 8-byte topics or client ids, get
+      // hints of their own kind too, which is harmless: a hint is only where the search starts,
+      // and RocksDB checks it before using it.)
       cf.memtable_insert_with_hint_prefix_extractor =
           std::make_shared<AppendHint>("herald.partition-append", 5);
       break;
@@ -133,8 +136,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
   // the fsync: one system call per fsync instead of one per batch, and not on the host thread.
   // Synced writes (Write) still write and sync the buffer themselves.
   db.manual_wal_flush = options.sync;
-  // Insert hints (AppendHint) work only without concurrent memtable inserts, which gain nothing
-  // here anyway: one thread writes at a time (the Raft host's pass, or an occasional write).
+  // Insert hints (AppendHint) work only without concurrent memtable inserts, which gain little
+  // here anyway: nearly all writes are the Raft host's passes. (Other writers, such as a
+  // snapshot being received, still write concurrently: RocksDB's write group leader then
+  // inserts every writer's batch in turn.)
   db.allow_concurrent_memtable_write = false;
   // Point-in-time recovery: after a crash, replay the WAL up to the first torn record and stop,
   // so what is visible is always a prefix of committed batches.
@@ -145,6 +150,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Open(const EngineOptions& option
   for (int i = 0; i < kFamilyCount; ++i) {
     Family f = static_cast<Family>(i);
     cfs.emplace_back(FamilyName(f), FamilyOptions(f, options, cache));
+    e->hints_.push_back(cfs.back().options.memtable_insert_with_hint_prefix_extractor);
   }
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* raw = nullptr;
@@ -180,6 +186,23 @@ absl::Status Engine::WriteBuffered(rocksdb::WriteBatch* batch) {
 absl::Status Engine::SyncWal() {
   if (!options_.sync) return absl::OkStatus();
   return FromRocks(db_->FlushWAL(/*sync=*/true), "sync write-ahead log");
+}
+
+void Engine::StageDeleteRange(rocksdb::WriteBatch* batch, Family f, std::string_view begin,
+                              std::string_view end) const {
+  rocksdb::Slice b(begin.data(), begin.size());
+  const rocksdb::SliceTransform* hint = hints_[static_cast<int>(f)].get();
+  if (hint != nullptr && hint->InDomain(b)) {
+    std::fprintf(stderr, "fatal: range deletion in %s begins at a key with memtable insert hints\n",
+                 FamilyName(f));
+    std::abort();
+  }
+  rocksdb::Status s = batch->DeleteRange(handle(f), b, rocksdb::Slice(end.data(), end.size()));
+  if (!s.ok()) {
+    std::fprintf(stderr, "fatal: staging a range deletion in %s: %s\n", FamilyName(f),
+                 s.ToString().c_str());
+    std::abort();
+  }
 }
 
 absl::StatusOr<std::optional<std::string>> Engine::Get(Family f, std::string_view key) const {

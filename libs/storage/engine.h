@@ -60,6 +60,13 @@ class Engine {
   // Whether writes are made durable (options.sync).
   bool syncs() const { return options_.sync; }
 
+  // Stages the deletion of keys in [begin, end) of family `f` into `batch`. Every range
+  // deletion goes through here: `begin` must lie outside the family's memtable insert hints
+  // (engine.cc, AppendHint), else RocksDB would corrupt its memtable; a begin inside them is a
+  // programming error and aborts the process before anything is written.
+  void StageDeleteRange(rocksdb::WriteBatch* batch, Family f, std::string_view begin,
+                        std::string_view end) const;
+
   absl::StatusOr<std::optional<std::string>> Get(Family f, std::string_view key) const;
   std::unique_ptr<rocksdb::Iterator> NewIterator(Family f,
                                                  const rocksdb::ReadOptions& ro = {}) const;
@@ -76,6 +83,8 @@ class Engine {
   EngineOptions options_;
   std::unique_ptr<rocksdb::DB> db_;
   std::vector<rocksdb::ColumnFamilyHandle*> handles_;
+  // Each family's memtable insert hint extractor (null: none), by Family.
+  std::vector<std::shared_ptr<const rocksdb::SliceTransform>> hints_;
   rocksdb::WriteOptions write_options_;
 };
 

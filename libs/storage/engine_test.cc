@@ -77,6 +77,20 @@ TEST_F(EngineTest, InsertHintsCoverAppendedKeysAndNeverRangeDeletionStarts) {
   EXPECT_FALSE(part->InDomain(MessageKey(3, 1) + "x"));
 }
 
+TEST_F(EngineTest, ARangeDeletionBeginningInsideTheHintsIsRefusedBeforeItIsWritten) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  rocksdb::WriteBatch b;
+  engine_->StageDeleteRange(&b, Family::kRaftLog, RaftLogKey(7, 0), RaftLogKey(7, 9));
+  engine_->StageDeleteRange(&b, Family::kPartition, MessageKey(3, 0), MessageKey(3, 9));
+  EXPECT_EQ(b.Count(), 2u);
+  EXPECT_DEATH(
+      engine_->StageDeleteRange(&b, Family::kRaftLog, RaftLogKey(7, 1), RaftLogKey(7, 9)),
+      "memtable insert hints");
+  EXPECT_DEATH(
+      engine_->StageDeleteRange(&b, Family::kPartition, MessageKey(3, 2), MessageKey(3, 9)),
+      "memtable insert hints");
+}
+
 // Hinted appends and range deletions of the same streams interleave in one memtable (as log
 // compaction and retention do); every read sees exactly what was written and not deleted.
 TEST_F(EngineTest, HintedAppendsAndRangeDeletionsInterleaveInOneMemtable) {
@@ -102,9 +116,8 @@ TEST_F(EngineTest, HintedAppendsAndRangeDeletionsInterleaveInOneMemtable) {
       }
       if (round % 7 == static_cast<int>(s) % 7) {
         first[s] = first[s] + (next[s] - first[s]) / 2;
-        ASSERT_TRUE(b.DeleteRange(engine_->handle(streams[s].family), streams[s].key(0),
-                                  streams[s].key(first[s]))
-                        .ok());
+        engine_->StageDeleteRange(&b, streams[s].family, streams[s].key(0),
+                                  streams[s].key(first[s]));
       }
       if (round % 13 == 5) {
         // A rewritten suffix (a follower replacing conflicting entries): not after the hint.

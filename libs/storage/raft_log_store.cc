@@ -200,8 +200,8 @@ absl::Status RaftLogStore::ApplySnapshot(const raft::Snapshot& snapshot,
   }
   batch->Put(engine_.handle(Family::kRaftState), RaftStateKey(group_, 's'),
              EncodeSnapshot(snapshot));
-  batch->DeleteRange(engine_.handle(Family::kRaftLog), RaftLogKey(group_, 0),
-                     RaftLogKey(group_, last_index_ + 1));
+  engine_.StageDeleteRange(batch, Family::kRaftLog, RaftLogKey(group_, 0),
+                           RaftLogKey(group_, last_index_ + 1));
   snapshot_ = snapshot;
   last_index_ = snapshot.metadata.index;
   term_runs_.clear();
@@ -228,8 +228,8 @@ absl::Status RaftLogStore::CreateSnapshot(uint64_t index, const raft::ConfState&
   snap.metadata.conf_state = cs;
   snap.data = std::move(data);
   batch->Put(engine_.handle(Family::kRaftState), RaftStateKey(group_, 's'), EncodeSnapshot(snap));
-  batch->DeleteRange(engine_.handle(Family::kRaftLog), RaftLogKey(group_, 0),
-                     RaftLogKey(group_, index + 1));
+  engine_.StageDeleteRange(batch, Family::kRaftLog, RaftLogKey(group_, 0),
+                           RaftLogKey(group_, index + 1));
   snapshot_ = std::move(snap);
   // Drop term runs wholly at or below the snapshot; the run containing index+1 starts there.
   std::vector<std::pair<uint64_t, uint64_t>> runs;
