@@ -76,6 +76,17 @@ class PartitionTest : public ::testing::Test {
     EXPECT_TRUE(v.ok()) << v.status();
     return v.ok() && v->has_value();
   }
+  // Stages message `offset` as versions before batched records stored it: one record per
+  // message, producer `producer` with sequence = offset.
+  void PutLegacyMessage(rocksdb::WriteBatch* b, uint64_t offset, const std::string& topic,
+                        uint64_t producer) {
+    v1::Message m = Msg(topic, "x", producer, offset);
+    m.set_partition(3);
+    m.set_offset(offset);
+    std::string k = RawKey('m');
+    storage::PutU64(&k, offset);
+    b->Put(engine_->handle(storage::Family::kPartition), k, m.SerializeAsString());
+  }
   std::string ProducerKey(uint64_t producer) {
     std::string k = RawKey('p');
     storage::PutU64(&k, producer);
@@ -231,14 +242,7 @@ TEST_F(PartitionTest, StateStoredUnderTheFormerKeyIsReadAndMoved) {
   producer.add_recent_offsets(1);
   producer.add_recent_offsets(2);
   rocksdb::WriteBatch b;
-  for (uint64_t off : {1, 2}) {
-    v1::Message m = Msg("t", "x", 77, off);
-    m.set_partition(3);
-    m.set_offset(off);
-    std::string k = RawKey('m');
-    storage::PutU64(&k, off);
-    b.Put(engine_->handle(storage::Family::kPartition), k, m.SerializeAsString());
-  }
+  for (uint64_t off : {1, 2}) PutLegacyMessage(&b, off, "t", 77);
   b.Put(engine_->handle(storage::Family::kPartition), RawKey('S'), st.SerializeAsString());
   b.Put(engine_->handle(storage::Family::kPartition), ProducerKey(77),
         producer.SerializeAsString());
@@ -493,14 +497,7 @@ TEST_F(PartitionTest, MessagesStoredOnePerRecordAreReadWithTheBatchesAfterThem) 
   st.set_message_count(3);
   st.set_producers_through_offset(1);  // producer 77's messages replayed from the records
   rocksdb::WriteBatch b;
-  for (uint64_t off : {1, 2, 3}) {
-    v1::Message m = Msg(off == 2 ? "u" : "t", "x", 77, off);
-    m.set_partition(3);
-    m.set_offset(off);
-    std::string k = RawKey('m');
-    storage::PutU64(&k, off);
-    b.Put(engine_->handle(storage::Family::kPartition), k, m.SerializeAsString());
-  }
+  for (uint64_t off : {1, 2, 3}) PutLegacyMessage(&b, off, off == 2 ? "u" : "t", 77);
   b.Put(engine_->handle(storage::Family::kPartition), RawKey('n'), st.SerializeAsString());
   ASSERT_TRUE(engine_->Write(&b).ok());
   Reopen();
