@@ -268,21 +268,28 @@ absl::StatusOr<ApplyResult> PartitionStateMachine::Apply(uint64_t index, std::st
   const int64_t now = cmd.proposed_at_unix_ms();
   switch (cmd.command_case()) {
     case v1::PartitionCommand::kPublish: {
-      // The messages appended become one MessageBatchRecord, built in a reused buffer.
+      // The messages appended become MessageBatchRecords, built in a reused buffer: one per
+      // command, or one per max_record_bytes of a large command (so that reading one message
+      // never decodes a whole merged entry of up to 1 MiB). The split depends only on the
+      // messages, so every replica stores the same records.
       thread_local std::string record;
       record.clear();
-      const uint64_t first = state_.next_offset();
-      result.publish.reserve(cmd.publish().messages_size());
-      for (v1::Message& m : *cmd.mutable_publish()->mutable_messages()) {
-        result.publish.push_back(ApplyMessage(m, now, batch, &record));
-      }
-      if (state_.next_offset() > first) {
+      uint64_t first = state_.next_offset();
+      auto put_record = [&] {
         record.push_back(static_cast<char>(kBatchFirstOffsetTag));
         AppendVarint(&record, first);
         batch->Put(engine_.handle(Family::kPartition), MessageKey(state_.next_offset() - 1),
                    record);
         state_.set_message_bytes(state_.message_bytes() + record.size());
+        record.clear();
+        first = state_.next_offset();
+      };
+      result.publish.reserve(cmd.publish().messages_size());
+      for (v1::Message& m : *cmd.mutable_publish()->mutable_messages()) {
+        result.publish.push_back(ApplyMessage(m, now, batch, &record));
+        if (record.size() >= options_.max_record_bytes) put_record();
       }
+      if (state_.next_offset() > first) put_record();
       break;
     }
     case v1::PartitionCommand::kTrim:

@@ -50,6 +50,9 @@ struct PartitionOptions {
   // this many stored messages into them. Each record written is an insert at a distant place of
   // the memtable, the costliest kind of write there.
   uint64_t producer_checkpoint_messages = 4096;
+  // A publish command's messages are stored as one record (MessageBatchRecord), or as several
+  // when they take more than this: a record is closed once it reaches this size.
+  uint64_t max_record_bytes = 64 << 10;
 };
 
 // What applying one entry produced, for the leader to answer the proposer.

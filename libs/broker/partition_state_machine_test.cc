@@ -461,6 +461,32 @@ TEST_F(PartitionTest, ReadsStartAndStopInsideTheRecordOfOneCommand) {
   EXPECT_EQ(f->evaluated_through, 7u);
 }
 
+TEST_F(PartitionTest, ALargeCommandIsStoredInSeveralRecords) {
+  options_.max_record_bytes = 300;
+  Reopen();
+  std::vector<v1::Message> msgs;
+  for (int i = 0; i < 10; ++i) msgs.push_back(Msg("t", std::string(100, 'a' + i)));
+  rocksdb::WriteBatch b;
+  ASSERT_TRUE(psm_->Apply(1, PublishEntry(1000, msgs), &b).ok());
+  EXPECT_EQ(b.Count(), 4u);  // records of 3, 3, 3 and 1 messages (each ~110 bytes)
+  psm_->StageApplied(&b);
+  ASSERT_TRUE(engine_->Write(&b).ok());
+  auto all = FetchAll("t");
+  ASSERT_EQ(all.size(), 10u);
+  for (int i = 0; i < 10; ++i) {
+    EXPECT_EQ(all[i].offset(), static_cast<uint64_t>(i + 1));
+    EXPECT_EQ(all[i].payload(), std::string(100, 'a' + i));
+  }
+  auto f = psm_->Fetch(4, 5, {"t"}, 2000, {});
+  ASSERT_TRUE(f.ok());
+  ASSERT_EQ(f->messages.size(), 1u);
+  EXPECT_EQ(f->messages[0].offset(), 5u);
+  // Retention now goes by these smaller records.
+  auto plan = psm_->PlanRetention(2000, 0, psm_->state().message_bytes() / 2);
+  ASSERT_TRUE(plan.ok() && plan->has_value());
+  EXPECT_EQ((*plan)->before_offset(), 4u);
+}
+
 TEST_F(PartitionTest, ATrimThatCutsARecordHidesItsEarlierMessages) {
   // An earlier version's leader plans trims per message, so a trim may end inside a record.
   Apply(1, PublishEntry(1000, {Msg("t", "1"), Msg("t", "2"), Msg("t", "3"), Msg("t", "4")}));
