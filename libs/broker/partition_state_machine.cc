@@ -457,7 +457,8 @@ absl::StatusOr<FetchOutput> PartitionStateMachine::Fetch(uint64_t after_offset,
       }
       if (++scanned > limits.max_scanned) return out;  // evaluated_through: the last looked at
       v1::Message m;
-      if (!m.ParseFromArray(sm.bytes.data(), static_cast<int>(sm.bytes.size()))) {
+      if (!m.ParseFromArray(sm.bytes.data(), static_cast<int>(sm.bytes.size())) ||
+          m.offset() != sm.offset) {
         return absl::DataLossError(
             StrCat("partition ", partition_, ": message ", sm.offset, " is corrupt"));
       }
