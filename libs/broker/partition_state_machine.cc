@@ -287,7 +287,7 @@ absl::StatusOr<ApplyResult> PartitionStateMachine::Apply(uint64_t index, std::st
       result.publish.reserve(cmd.publish().messages_size());
       for (v1::Message& m : *cmd.mutable_publish()->mutable_messages()) {
         result.publish.push_back(ApplyMessage(m, now, batch, &record));
-        if (record.size() >= options_.max_record_bytes) put_record();
+        if (!record.empty() && record.size() >= options_.max_record_bytes) put_record();
       }
       if (state_.next_offset() > first) put_record();
       break;
@@ -410,6 +410,7 @@ void PartitionStateMachine::RecordProducerMessage(uint64_t producer_id,
 }
 
 void PartitionStateMachine::ApplyTrim(const v1::TrimCommand& t, rocksdb::WriteBatch* batch) {
+  if (t.has_from_offset() && t.from_offset() != state_.first_offset()) return;  // stale plan
   uint64_t before = std::min(t.before_offset(), state_.next_offset());
   if (before <= state_.first_offset()) return;  // already trimmed (or nothing to do)
   // The producer records must not depend on replaying messages this removes.
@@ -560,19 +561,25 @@ absl::StatusOr<std::vector<v1::Message>> PartitionStateMachine::RetainedPage(
 }
 
 absl::StatusOr<std::optional<v1::TrimCommand>> PartitionStateMachine::PlanRetention(
-    int64_t now_unix_ms, int64_t max_age_ms, uint64_t max_bytes, size_t max_records) const {
+    int64_t now_unix_ms, int64_t max_age_ms, uint64_t max_bytes, size_t max_records,
+    uint64_t max_scanned_bytes) const {
   if (max_age_ms <= 0 && max_bytes == 0) return std::optional<v1::TrimCommand>();
   uint64_t remaining = state_.message_bytes();
   v1::TrimCommand trim;
+  trim.set_from_offset(state_.first_offset());
   trim.set_before_offset(state_.first_offset());
   // Whole records: a record's messages share their publish time, and its bytes are counted as
   // one (message_bytes).
-  auto records = NewMessageIterator();
+  // Old records are read once here, by the leader only: not worth a place in the block cache.
+  auto records = NewMessageIterator(/*fill_cache=*/false);
   rocksdb::Iterator* it = records->it.get();
   std::vector<StoredMessage> stored;
   size_t looked_at = 0;
-  for (it->Seek(MessageKey(state_.first_offset())); it->Valid() && looked_at < max_records;
+  uint64_t scanned_bytes = 0;
+  for (it->Seek(MessageKey(state_.first_offset()));
+       it->Valid() && looked_at < max_records && scanned_bytes < max_scanned_bytes;
        it->Next(), ++looked_at) {
+    scanned_bytes += it->value().size();
     absl::Status s = DecodeMessages(*it, &stored);
     if (!s.ok()) return s;
     // A batch that began below first_offset (a trim planned by an earlier version cut it):
@@ -604,8 +611,8 @@ absl::StatusOr<std::optional<v1::TrimCommand>> PartitionStateMachine::PlanRetent
   return std::optional<v1::TrimCommand>(std::move(trim));
 }
 
-std::unique_ptr<PartitionStateMachine::MessageIterator> PartitionStateMachine::NewMessageIterator()
-    const {
+std::unique_ptr<PartitionStateMachine::MessageIterator> PartitionStateMachine::NewMessageIterator(
+    bool fill_cache) const {
   auto m = std::make_unique<MessageIterator>();
   // Every message record's key is at most the last offset's: the bound keeps the iterator
   // out of the partition's other records.
@@ -613,6 +620,7 @@ std::unique_ptr<PartitionStateMachine::MessageIterator> PartitionStateMachine::N
   m->upper_slice = rocksdb::Slice(m->upper);
   rocksdb::ReadOptions ro;
   ro.iterate_upper_bound = &m->upper_slice;
+  ro.fill_cache = fill_cache;
   m->it = engine_.NewIterator(Family::kPartition, ro);
   return m;
 }

@@ -169,13 +169,13 @@ class PartitionStateMachine {
   // Retention: the trim that removes every message older than `max_age_ms` (0: no age limit)
   // and the oldest messages while what stays is still at least `max_bytes` (0: no size limit;
   // so a partition keeps at least max_bytes of its newest messages and exceeds it by less than
-  // one record), or nothing. Whole records go (one per publish command). At most `max_records`
-  // records are looked at, so a large backlog is trimmed in several steps without a long scan
-  // on the host's thread. The leader proposes it as a TrimCommand.
-  absl::StatusOr<std::optional<v1::TrimCommand>> PlanRetention(int64_t now_unix_ms,
-                                                               int64_t max_age_ms,
-                                                               uint64_t max_bytes,
-                                                               size_t max_records = 10000) const;
+  // one record), or nothing. Whole records go (a publish command's messages, or up to
+  // max_record_bytes of them). At most `max_records` records and about `max_scanned_bytes` of
+  // them are looked at, so a large backlog is trimmed in several steps without a long read on
+  // the host's thread. The leader proposes it as a TrimCommand.
+  absl::StatusOr<std::optional<v1::TrimCommand>> PlanRetention(
+      int64_t now_unix_ms, int64_t max_age_ms, uint64_t max_bytes, size_t max_records = 10000,
+      uint64_t max_scanned_bytes = 4 << 20) const;
 
   // Records that the entry at `index` changed the group's membership to `conf`.
   // Staged by the next StageApplied.
@@ -202,7 +202,7 @@ class PartitionStateMachine {
     rocksdb::Slice upper_slice;
     std::unique_ptr<rocksdb::Iterator> it;
   };
-  std::unique_ptr<MessageIterator> NewMessageIterator() const;
+  std::unique_ptr<MessageIterator> NewMessageIterator(bool fill_cache = true) const;
   struct StoredMessage {
     uint64_t offset;
     std::string_view bytes;  // a serialized Message, pointing into the iterator's value

@@ -488,6 +488,44 @@ TEST_F(PartitionTest, ALargeCommandIsStoredInSeveralRecords) {
   EXPECT_EQ((*plan)->before_offset(), 4u);
 }
 
+TEST_F(PartitionTest, ATrimPlannedBeforeAnotherWasAppliedIsIgnored) {
+  // Two leaders in turn plan from the same state (the second before it applied the first's
+  // trim): the second trim's counts would count the first's messages again.
+  for (uint64_t i = 0; i < 4; ++i) Apply(1 + i, PublishEntry(1000 + i, {Msg("t", "x")}));
+  auto t1 = psm_->PlanRetention(10'000, 0, 1);  // keeps the newest record: before 4
+  ASSERT_TRUE(t1.ok() && t1->has_value());
+  EXPECT_EQ((*t1)->from_offset(), 1u);
+  v1::TrimCommand t2 = **t1;
+  t2.set_before_offset(3);
+  t2.set_removed_messages(2);
+  v1::PartitionCommand c;
+  c.set_proposed_at_unix_ms(10'000);
+  *c.mutable_trim() = **t1;
+  Apply(5, c.SerializeAsString());
+  EXPECT_EQ(psm_->state().first_offset(), 4u);
+  EXPECT_EQ(psm_->state().message_count(), 1u);
+  // A later plan from the same first offset, overlapping: ignored, counters unchanged.
+  t2.set_before_offset(5);
+  t2.set_removed_messages(4);
+  *c.mutable_trim() = t2;
+  Apply(6, c.SerializeAsString());
+  EXPECT_EQ(psm_->state().first_offset(), 4u);
+  EXPECT_EQ(psm_->state().message_count(), 1u);
+  EXPECT_EQ(psm_->state().trimmed_messages(), 3u);
+  EXPECT_EQ(FetchAll("t").size(), 1u);
+}
+
+TEST_F(PartitionTest, ARetentionPlanReadsABoundedAmount) {
+  for (uint64_t i = 0; i < 10; ++i) {
+    Apply(1 + i, PublishEntry(1000, {Msg("t", std::string(1000, 'x'))}));
+  }
+  // Every record is too old; the plan stops after about 3 KB of records.
+  auto plan = psm_->PlanRetention(100'000, 1000, 0, 10000, /*max_scanned_bytes=*/3000);
+  ASSERT_TRUE(plan.ok() && plan->has_value());
+  EXPECT_EQ((*plan)->before_offset(), 4u);
+  EXPECT_EQ((*plan)->removed_messages(), 3u);
+}
+
 TEST_F(PartitionTest, ATrimThatCutsARecordHidesItsEarlierMessages) {
   // An earlier version's leader plans trims per message, so a trim may end inside a record.
   Apply(1, PublishEntry(1000, {Msg("t", "1"), Msg("t", "2"), Msg("t", "3"), Msg("t", "4")}));

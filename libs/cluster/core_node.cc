@@ -50,7 +50,8 @@ void CoreNodeConfig::AddOptions(ConfigSchema& schema) {
              "age). Readers resuming before what was removed are told of the gap.");
   schema.Add("retention.max_bytes", &retention_max_bytes,
              "Per partition: the oldest messages are removed while the rest still takes at least "
-             "this much (0: no size limit). Removal is by whole publish commands.");
+             "this much (0: no size limit). Removal is by whole stored records (a publish command's "
+             "messages, up to 64 KiB of them per record).");
   schema.Add("retention.check_interval", &retention_check_interval,
              "How often partition leaders check retention.");
   grpc_tls.AddOptions(schema);
@@ -106,6 +107,14 @@ absl::Status CoreNode::Start(const std::string& data_dir) {
   }
   if (!config_.join.empty() && !config_.peers.empty()) {
     return absl::InvalidArgumentError("cluster.join and cluster.peers exclude each other");
+  }
+  if (config_.retention_check_interval < absl::Milliseconds(1) ||
+      config_.retention_check_interval > absl::Hours(24)) {
+    return absl::InvalidArgumentError("retention.check_interval must be between 1ms and 24h");
+  }
+  if (config_.retention_max_age != absl::ZeroDuration() &&
+      config_.retention_max_age < absl::Milliseconds(1)) {
+    return absl::InvalidArgumentError("retention.max_age must be 0 (no limit) or at least 1ms");
   }
   auto peers = ParsePeers(config_);
   if (!peers.ok()) return peers.status();

@@ -30,8 +30,10 @@ struct RaftHost::Group {
   uint64_t conf_index = 0;
   // Highest compaction index proposed by this node as leader and not yet applied.
   uint64_t compaction_proposed = 0;
-  // Log index of the retention trim this node proposed as leader, until applied (0: none).
+  // Log index of the retention trim this node proposed as leader, until applied (0: none), and
+  // when retention is next planned here.
   uint64_t retention_proposed = 0;
+  Clock::MonotonicTime next_retention_check{};
   // A snapshot is being written into this replica: it takes no Raft messages and no ticks.
   bool installing = false;
   // The image captured by the last snapshot handed to Raft, until its message is sent.
@@ -814,10 +816,14 @@ void RaftHost::Run() {
         for (int i = 0; i < ticks; ++i) g->node->Tick();
       }
       transport_.Tick();
-      if ((options_.retention_max_age.count() > 0 || options_.retention_max_bytes > 0) &&
-          std::chrono::steady_clock::now() >= next_retention_check_) {
-        next_retention_check_ = std::chrono::steady_clock::now() + options_.retention_check_interval;
-        for (auto& [id, g] : groups_) MaybeProposeRetention(*g);
+      if (options_.retention_max_age.count() > 0 || options_.retention_max_bytes > 0) {
+        // A few groups per tick, each read bounded (PlanRetention): never a long stall of
+        // this thread, however many groups or however much there is to remove.
+        int planned = 0;
+        for (auto& [id, g] : groups_) {
+          if (planned == kRetentionPlansPerTick) break;
+          if (MaybeProposeRetention(*g, now)) ++planned;
+        }
       }
     }
     RunPass(inbox);
@@ -1377,12 +1383,14 @@ void RaftHost::TickQuiescence(int ticks) {
   if (sent) transport_.Flush();
 }
 
-void RaftHost::MaybeProposeRetention(Group& g) {
-  if (g.meta || !g.sm || g.installing || g.node->role() != raft::Role::kLeader) return;
+bool RaftHost::MaybeProposeRetention(Group& g, Clock::MonotonicTime now_mono) {
+  if (g.meta || !g.sm || g.installing || g.node->role() != raft::Role::kLeader) return false;
   if (g.retention_proposed != 0) {
-    if (g.sm->applied_index() < g.retention_proposed) return;  // the last one is still under way
+    if (g.sm->applied_index() < g.retention_proposed) return false;  // still under way
     g.retention_proposed = 0;
   }
+  if (now_mono < g.next_retention_check) return false;
+  g.next_retention_check = now_mono + options_.retention_check_interval;
   const int64_t now =
       std::chrono::duration_cast<std::chrono::milliseconds>(clock_.WallNow().time_since_epoch())
           .count();
@@ -1391,13 +1399,18 @@ void RaftHost::MaybeProposeRetention(Group& g) {
                                   options_.retention_max_bytes);
   if (!plan.ok()) {
     spdlog::warn("raft group {}: planning retention: {}", g.id, plan.status().ToString());
-    return;
+    return true;
   }
-  if (!plan->has_value()) return;
+  if (!plan->has_value()) return true;
   v1::PartitionCommand cmd;
   cmd.set_proposed_at_unix_ms(now);
   *cmd.mutable_trim() = std::move(**plan);
-  if (g.node->Propose(cmd.SerializeAsString()).ok()) g.retention_proposed = g.node->last_index();
+  if (g.node->Propose(cmd.SerializeAsString()).ok()) {
+    g.retention_proposed = g.node->last_index();
+    // A plan stops at a bound: once this one is applied, plan the rest without waiting.
+    g.next_retention_check = now_mono;
+  }
+  return true;
 }
 
 void RaftHost::MaybeProposeCompaction(Group& g) {

@@ -343,8 +343,10 @@ class RaftHost {
   // Runs the reads whose read index the group has applied.
   void ServeReads(Group& g);
   void MaybeProposeCompaction(Group& g);
-  // Proposes the trim retention calls for in `g` if this node leads it (see RaftHostOptions).
-  void MaybeProposeRetention(Group& g);
+  // Proposes the trim retention calls for in `g` if this node leads it and its check is due
+  // (see RaftHostOptions); whether it planned (read the partition).
+  bool MaybeProposeRetention(Group& g, Clock::MonotonicTime now);
+  static constexpr int kRetentionPlansPerTick = 2;
   // Quiescence (host thread, once per tick): wakes quiesced groups that lost a member, and
   // quiesces idle groups this node leads.
   void TickQuiescence(int ticks);
@@ -374,8 +376,6 @@ class RaftHost {
   // Pipelined fsync (host thread): passes written and not yet released, oldest first.
   std::deque<Outgoing> outgoing_;
   uint64_t write_seq_ = 0;
-  // When the groups' retention is next checked (host thread).
-  std::chrono::steady_clock::time_point next_retention_check_{};
   // Host thread: groups with reads asked since the last pass; ReadIndex contexts.
   std::vector<GroupId> groups_with_reads_;
   uint64_t next_read_ctx_ = 1;
