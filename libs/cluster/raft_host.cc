@@ -819,10 +819,17 @@ void RaftHost::Run() {
       if (options_.retention_max_age.count() > 0 || options_.retention_max_bytes > 0) {
         // A few groups per tick, each read bounded (PlanRetention): never a long stall of
         // this thread, however many groups or however much there is to remove.
+        // Round-robin from the group after the last one planned, so that groups with much to
+        // remove (due again as soon as their trim applies) do not starve the others.
         int planned = 0;
-        for (auto& [id, g] : groups_) {
-          if (planned == kRetentionPlansPerTick) break;
-          if (MaybeProposeRetention(*g, now)) ++planned;
+        auto start = groups_.upper_bound(retention_cursor_);
+        for (size_t n = 0; n < groups_.size() && planned < kRetentionPlansPerTick; ++n) {
+          if (start == groups_.end()) start = groups_.begin();
+          if (MaybeProposeRetention(*start->second, now)) {
+            ++planned;
+            retention_cursor_ = start->first;
+          }
+          ++start;
         }
       }
     }

@@ -347,6 +347,7 @@ class RaftHost {
   // (see RaftHostOptions); whether it planned (read the partition).
   bool MaybeProposeRetention(Group& g, Clock::MonotonicTime now);
   static constexpr int kRetentionPlansPerTick = 2;
+  GroupId retention_cursor_ = 0;  // the group retention was last planned for
   // Quiescence (host thread, once per tick): wakes quiesced groups that lost a member, and
   // quiesces idle groups this node leads.
   void TickQuiescence(int ticks);
