@@ -271,7 +271,8 @@ absl::StatusOr<ApplyResult> PartitionStateMachine::Apply(uint64_t index, std::st
       // The messages appended become MessageBatchRecords, built in a reused buffer: one per
       // command, or one per max_record_bytes of a large command (so that reading one message
       // never decodes a whole merged entry of up to 1 MiB). The split depends only on the
-      // messages, so every replica stores the same records.
+      // messages, so every replica of the same version stores the same records (an earlier
+      // version's replica may hold larger ones: readers and trims do not depend on the split).
       thread_local std::string record;
       record.clear();
       uint64_t first = state_.next_offset();
