@@ -85,31 +85,29 @@ TEST_F(RaftLogStoreTest, CommitIndexIsWrittenWithTermAndVoteOrAfterAnInterval) {
   ASSERT_TRUE(Store(7).StageReady(rd, &b).ok());
   EXPECT_EQ(b.Count(), n + 1);  // the entries and the hard state (new term and vote)
   Write(&b);
+  // A Ready carrying only `hs`: staged into `*b`.
+  auto stage = [&](raft::HardState hs, rocksdb::WriteBatch* b) {
+    raft::Ready r;
+    r.hard_state = hs;
+    ASSERT_TRUE(Store(7).StageReady(r, b).ok());
+  };
   rocksdb::WriteBatch commit_only;
-  raft::Ready rd2;
-  rd2.hard_state = raft::HardState{.term = 1, .vote = 1, .commit = 3};
-  ASSERT_TRUE(Store(7).StageReady(rd2, &commit_only).ok());
+  stage(raft::HardState{.term = 1, .vote = 1, .commit = 3}, &commit_only);
   EXPECT_EQ(commit_only.Count(), 0u);
   EXPECT_EQ(Store(7).hard_state().commit, 3u);  // known in memory
   rocksdb::WriteBatch vote;
-  raft::Ready rd3;
-  rd3.hard_state = raft::HardState{.term = 2, .vote = 2, .commit = 3};
-  ASSERT_TRUE(Store(7).StageReady(rd3, &vote).ok());
+  stage(raft::HardState{.term = 2, .vote = 2, .commit = 3}, &vote);
   EXPECT_EQ(vote.Count(), 1u);  // a new term is written, with the commit index of the moment
   Write(&vote);
   rocksdb::WriteBatch commit_again;
-  raft::Ready rd4;
-  rd4.hard_state = raft::HardState{.term = 2, .vote = 2, .commit = 4};
-  ASSERT_TRUE(Store(7).StageReady(rd4, &commit_again).ok());
+  stage(raft::HardState{.term = 2, .vote = 2, .commit = 4}, &commit_again);
   EXPECT_EQ(commit_again.Count(), 0u);
   Reopen();
   EXPECT_EQ(Store(7).hard_state(), (raft::HardState{2, 2, 3}));
   // Far enough past the written commit index: written although term and vote are the same.
   rocksdb::WriteBatch far;
-  raft::Ready rd5;
-  rd5.hard_state =
-      raft::HardState{.term = 2, .vote = 2, .commit = 3 + RaftLogStore::kCommitWriteInterval};
-  ASSERT_TRUE(Store(7).StageReady(rd5, &far).ok());
+  stage(raft::HardState{.term = 2, .vote = 2, .commit = 3 + RaftLogStore::kCommitWriteInterval},
+        &far);
   EXPECT_EQ(far.Count(), 1u);
   Write(&far);
   Reopen();
