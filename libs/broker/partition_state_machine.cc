@@ -632,7 +632,7 @@ absl::Status PartitionStateMachine::DecodeMessages(const rocksdb::Iterator& it,
   std::string_view key(it.key().data(), it.key().size());
   std::string_view value(it.value().data(), it.value().size());
   uint64_t offset = 0;
-  if (key.size() != 13 || key.substr(0, 5) != Key('m')) {
+  if (key.size() != 13 || !key.starts_with(message_prefix_)) {
     return absl::DataLossError(StrCat("partition ", partition_, ": unexpected key in messages"));
   }
   key.remove_prefix(5);

@@ -190,7 +190,7 @@ class PartitionStateMachine {
 
  private:
   PartitionStateMachine(storage::Engine& engine, uint32_t partition, PartitionOptions options)
-      : engine_(engine), partition_(partition), options_(options) {}
+      : engine_(engine), partition_(partition), options_(options), message_prefix_(Key('m')) {}
   absl::Status Load();
   // Judges and appends one message of a publish command: its serialization goes into `record`,
   // the command's MessageBatchRecord being built.
@@ -277,6 +277,8 @@ class PartitionStateMachine {
   std::set<std::pair<int64_t, std::string>> session_deadlines_;
   // The will outbox (also in the Engine; small: only wills awaiting publication).
   std::map<uint64_t, v1::WillOutboxRecord> will_outbox_;
+  // Key('m'): what every message record's key starts with (checked for each record read).
+  const std::string message_prefix_;
 };
 
 }  // namespace herald::broker
