@@ -191,6 +191,10 @@ absl::StatusOr<std::unique_ptr<RaftHost::Group>> RaftHost::CreateGroup(
   cfg.max_uncommitted_entries = options_.max_uncommitted_entries;
   // Pipelined fsync: a leader's appends leave before its own fsync (Release reports it).
   cfg.self_ack_on_persist = engine_.syncs();
+  // Followers learn commits with the next append or heartbeat: under load this halves the
+  // messages between replicas (no empty append and response per commit). Nothing a client
+  // waits for depends on a follower's commit index; reads and subscriptions are served by leaders.
+  cfg.broadcast_commit = false;
   cfg.random_seed =
       options_.random_seed != 0 ? options_.random_seed + id : options_.node_id * 1000003 + id;
   auto node = raft::Node::Create(cfg);

@@ -531,7 +531,7 @@ void Node::HandleAppendResp(const Message& m, Progress& pr) {
       break;
   }
   if (MaybeCommit()) {
-    BroadcastAppend();
+    BroadcastCommit();
     if (role_ != Role::kLeader) return;  // stepped down after its own removal
   }
   while (SendAppend(pr, false)) {
@@ -622,6 +622,12 @@ void Node::BroadcastAppend() {
   for (Progress& pr : progress_) SendAppend(pr, true);
 }
 
+void Node::BroadcastCommit() {
+  // Without broadcast_commit nothing is sent here: new entries go out from GetReady (pending
+  // broadcast) carrying the commit index, and heartbeats carry it when nothing else does.
+  if (config_.broadcast_commit || commit_covered_conf_) BroadcastAppend();
+}
+
 void Node::BroadcastHeartbeat(const std::string& context) {
   for (const Progress& pr : progress_) {
     Message m;
@@ -663,6 +669,7 @@ bool Node::MaybeCommit() {
   if (log_.TermOrZero(index) != term_ && !config_.testing.commit_previous_term_by_counting()) {
     return false;
   }
+  commit_covered_conf_ = !conf_history_.empty() && conf_history_.front().index <= index;
   log_.CommitTo(index);
   PruneConfHistory();
   ReleaseReadsAwaitingCommit();
@@ -686,7 +693,7 @@ void Node::LocalPersisted(uint64_t index) {
   index = std::min(index, log_.LastIndex());
   if (index <= self_match_) return;
   self_match_ = index;
-  if (MaybeCommit()) BroadcastAppend();
+  if (MaybeCommit()) BroadcastCommit();
 }
 
 absl::Status Node::Propose(std::string data) {

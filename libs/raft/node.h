@@ -104,6 +104,14 @@ struct Config {
   // responses) must still wait for durability.
   bool self_ack_on_persist = false;
 
+  // When the leader's commit index advances, tell every follower at once with a kAppend (empty
+  // if it has no new entries to carry). Off: followers learn the commit index from the next
+  // kAppend that carries entries or from the next heartbeat (at most heartbeat_tick later),
+  // which under load saves an empty kAppend and its response per follower per commit. The
+  // leader's own commit and apply (and so its answers to clients) are not delayed either way.
+  // A commit that covers a membership change is always sent at once.
+  bool broadcast_commit = true;
+
   bool pre_vote = true;      // dissertation §9.6
   bool check_quorum = true;  // dissertation §6.2: leader steps down without a live quorum
 
@@ -227,6 +235,7 @@ class Node {
   // Replication.
   bool SendAppend(Progress& pr, bool send_if_empty);
   void BroadcastAppend();
+  void BroadcastCommit();  // after the commit index advanced (Config::broadcast_commit)
   void BroadcastHeartbeat(const std::string& context);
   bool MaybeCommit();
   uint64_t QuorumMatch() const;
@@ -268,6 +277,7 @@ class Node {
     ConfState conf;
   };
   std::vector<ConfEntry> conf_history_;
+  bool commit_covered_conf_ = false;  // the last MaybeCommit committed a membership change
 
   // Leader state.
   std::vector<Progress> progress_;  // one per member except self, sorted by id

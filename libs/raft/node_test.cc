@@ -167,6 +167,48 @@ TEST(NodeTest, RemovedLeaderStepsDownAfterCommitAndOthersElectNewLeader) {
   EXPECT_NE(c.node(1).role(), Role::kLeader);
 }
 
+// Without broadcast_commit a commit sends no empty appends: followers learn the commit index
+// from the next append that carries entries or from the next heartbeat. A committed membership
+// change is still sent at once.
+TEST(NodeTest, WithoutBroadcastCommitFollowersLearnCommitFromNextAppendOrHeartbeat) {
+  for (bool broadcast : {true, false}) {
+    SCOPED_TRACE(broadcast ? "broadcast_commit" : "no broadcast_commit");
+    Cluster c(3, [&](Config& cfg) { cfg.broadcast_commit = broadcast; });
+    c.Elect(1);
+    ASSERT_TRUE(c.node(1).Propose("a").ok());
+    c.delivered.clear();
+    c.Stabilize();
+    const uint64_t a = c.node(1).last_index();
+    EXPECT_EQ(c.node(1).committed(), a);
+    int empty_appends = 0;
+    for (const Message& m : c.delivered) {
+      empty_appends += m.type == MessageType::kAppend && m.entries.empty();
+    }
+    EXPECT_EQ(empty_appends, broadcast ? 2 : 0);
+    EXPECT_EQ(c.node(2).committed(), broadcast ? a : a - 1);
+    // The next entry carries the commit index of the first.
+    ASSERT_TRUE(c.node(1).Propose("b").ok());
+    c.Stabilize();
+    EXPECT_GE(c.node(2).committed(), a);
+    EXPECT_GE(c.node(3).committed(), a);
+    // A heartbeat carries the rest.
+    c.TickAll(1);
+    c.Stabilize();
+    EXPECT_EQ(c.node(2).committed(), a + 1);
+    EXPECT_EQ(c.node(3).committed(), a + 1);
+  }
+}
+
+TEST(NodeTest, WithoutBroadcastCommitAMembershipChangeIsStillSentAtOnce) {
+  Cluster c(3, [](Config& cfg) { cfg.broadcast_commit = false; });
+  c.Elect(1);
+  ASSERT_TRUE(c.node(1).ProposeConfChange({ConfChangeType::kRemoveNode, 3}).ok());
+  c.Stabilize();
+  const uint64_t index = c.node(1).last_index();
+  EXPECT_EQ(c.node(1).committed(), index);
+  EXPECT_EQ(c.node(2).committed(), index) << "the follower was not told the change committed";
+}
+
 TEST(NodeTest, PipelineIsBoundedByMaxInflightMessages) {
   Cluster c(2, [](Config& cfg) {
     cfg.max_inflight_msgs = 3;
