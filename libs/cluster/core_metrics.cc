@@ -113,7 +113,11 @@ class CoreCollector : public prometheus::Collectable {
     out.push_back(counter("herald_raft_entries_applied_total", "Committed entries applied.",
                           s.entries_applied.load()));
     out.push_back(counter("herald_storage_write_batches_total",
-                          "Group-commit write batches (one fsync each).", s.write_batches.load()));
+                          "Group-commit write batches.", s.write_batches.load()));
+    out.push_back(counter("herald_storage_syncs_total",
+                          "Write-ahead log fsyncs of group-commit batches (one covers every "
+                          "batch written before it).",
+                          s.syncs.load()));
     auto secs =
         Family("herald_storage_write_seconds_total",
                "Time spent writing group-commit batches, fsync included.", MetricType::Counter);

@@ -487,11 +487,15 @@ void RaftHost::RunSyncer() {
   while (true) {
     sync_cv_.wait(l, [&] { return sync_stop_ || sync_requested_ > done; });
     if (sync_stop_) return;
-    uint64_t target = sync_requested_;
+    // Everything in the WAL buffer when the sync starts is covered, including passes written
+    // after the request.
+    const uint64_t target =
+        std::max(sync_requested_, buffered_seq_.load(std::memory_order_acquire));
     l.unlock();
     auto start = std::chrono::steady_clock::now();
     absl::Status s = engine_.SyncWal();
     if (!s.ok()) Fatal("syncing the write-ahead log", s);
+    stats_.syncs.fetch_add(1, std::memory_order_relaxed);
     stats_.write_nanos.fetch_add(
         static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
                                   std::chrono::steady_clock::now() - start)
@@ -1187,11 +1191,19 @@ void RaftHost::RunPass(Inbox& inbox) {
     g->outgoing.reset();
   }
   if (sent_early) transport_.Flush();
-  out.seq = ++write_seq_;
-  outgoing_.push_back(std::move(out));
+  // A pass that wrote no log entries and holds no messages (a leader applying what its
+  // followers acknowledged, say) needs no fsync of its own: what it wrote is applied state,
+  // which a restart rebuilds from the durable log (the applied index is in the same batch, and
+  // the WAL is recovered as a prefix). A later fsync covers it anyway.
+  const bool depends_on_sync = !out.written.empty() || !out.senders.empty();
+  if (!pipelined || depends_on_sync) {
+    out.seq = ++write_seq_;
+    outgoing_.push_back(std::move(out));
+    buffered_seq_.store(write_seq_, std::memory_order_release);
+  }
   if (!pipelined) {
     Release(write_seq_);
-  } else if (!sync_in_flight_) {
+  } else if (depends_on_sync && !sync_in_flight_) {
     sync_in_flight_ = true;
     {
       std::lock_guard<std::mutex> l(sync_mu_);

@@ -179,6 +179,7 @@ struct RaftHostStats {
   std::atomic<uint64_t> passes{0};
   std::atomic<uint64_t> write_batches{0};
   std::atomic<uint64_t> write_nanos{0};  // time spent in Engine::Write (fsync included)
+  std::atomic<uint64_t> syncs{0};        // write-ahead log fsyncs (pipelined: SyncWal calls)
   std::atomic<uint64_t> entries_applied{0};
   std::atomic<uint64_t> proposals{0};
   std::atomic<uint64_t> proposals_refused{0};
@@ -377,6 +378,9 @@ class RaftHost {
   // Pipelined fsync (host thread): passes written and not yet released, oldest first.
   std::deque<Outgoing> outgoing_;
   uint64_t write_seq_ = 0;
+  // write_seq_ as of the last pass whose batch is in the WAL buffer: a sync started after
+  // reading it covers every pass up to it, even those written after the sync was requested.
+  std::atomic<uint64_t> buffered_seq_{0};
   // Host thread: groups with reads asked since the last pass; ReadIndex contexts.
   std::vector<GroupId> groups_with_reads_;
   uint64_t next_read_ctx_ = 1;
