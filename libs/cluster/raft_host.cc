@@ -192,8 +192,10 @@ absl::StatusOr<std::unique_ptr<RaftHost::Group>> RaftHost::CreateGroup(
   // Pipelined fsync: a leader's appends leave before its own fsync (Release reports it).
   cfg.self_ack_on_persist = engine_.syncs();
   // Followers learn commits with the next append or heartbeat: under load this halves the
-  // messages between replicas (no empty append and response per commit). Nothing a client
-  // waits for depends on a follower's commit index; reads and subscriptions are served by leaders.
+  // messages between replicas (no empty append and response per commit). Acknowledgements,
+  // reads and subscriptions are served by leaders (a transferee is told the commit index before
+  // it campaigns). A subscription whose EARLIEST or LATEST start is resolved at a follower (an
+  // edge with stale leader information) may start up to a heartbeat earlier than at the leader.
   cfg.broadcast_commit = false;
   cfg.random_seed =
       options_.random_seed != 0 ? options_.random_seed + id : options_.node_id * 1000003 + id;

@@ -536,12 +536,7 @@ void Node::HandleAppendResp(const Message& m, Progress& pr) {
   }
   while (SendAppend(pr, false)) {
   }
-  if (pr.id == lead_transferee_ && pr.match == log_.LastIndex()) {
-    Message t;
-    t.type = MessageType::kTimeoutNow;
-    t.to = pr.id;
-    Send(std::move(t));
-  }
+  if (pr.id == lead_transferee_ && pr.match == log_.LastIndex()) SendTimeoutNow(pr);
 }
 
 void Node::HandleHeartbeatResp(const Message& m, Progress& pr) {
@@ -620,6 +615,17 @@ bool Node::SendAppend(Progress& pr, bool send_if_empty) {
 
 void Node::BroadcastAppend() {
   for (Progress& pr : progress_) SendAppend(pr, true);
+}
+
+void Node::SendTimeoutNow(Progress& pr) {
+  // The transferee has every entry; an append just before tells it the commit index too (which
+  // without broadcast_commit it may not know yet), so that as the new leader it applies all
+  // this leader acknowledged without waiting for its own first entry to commit.
+  if (!config_.broadcast_commit) SendAppend(pr, /*send_if_empty=*/true);
+  Message t;
+  t.type = MessageType::kTimeoutNow;
+  t.to = pr.id;
+  Send(std::move(t));
 }
 
 void Node::BroadcastCommit() {
@@ -751,10 +757,7 @@ absl::Status Node::TransferLeadership(NodeId to) {
   lead_transferee_ = to;
   transfer_elapsed_ = 0;
   if (pr->match == log_.LastIndex()) {
-    Message t;
-    t.type = MessageType::kTimeoutNow;
-    t.to = to;
-    Send(std::move(t));
+    SendTimeoutNow(*pr);
   } else {
     SendAppend(*pr, true);
   }

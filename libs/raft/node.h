@@ -236,6 +236,7 @@ class Node {
   bool SendAppend(Progress& pr, bool send_if_empty);
   void BroadcastAppend();
   void BroadcastCommit();  // after the commit index advanced (Config::broadcast_commit)
+  void SendTimeoutNow(Progress& pr);  // leadership transfer to a caught-up transferee
   void BroadcastHeartbeat(const std::string& context);
   bool MaybeCommit();
   uint64_t QuorumMatch() const;

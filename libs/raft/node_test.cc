@@ -209,6 +209,34 @@ TEST(NodeTest, WithoutBroadcastCommitAMembershipChangeIsStillSentAtOnce) {
   EXPECT_EQ(c.node(2).committed(), index) << "the follower was not told the change committed";
 }
 
+// Without broadcast_commit the transferee may not know the latest commit index: the leader
+// sends it in an append right before kTimeoutNow.
+TEST(NodeTest, WithoutBroadcastCommitTheTransfereeLearnsTheCommitBeforeItCampaigns) {
+  Cluster c(3, [](Config& cfg) { cfg.broadcast_commit = false; });
+  c.Elect(1);
+  ASSERT_TRUE(c.node(1).Propose("a").ok());
+  c.Stabilize();
+  const uint64_t a = c.node(1).last_index();
+  ASSERT_EQ(c.node(1).committed(), a);
+  ASSERT_LT(c.node(2).committed(), a);
+  c.delivered.clear();
+  ASSERT_TRUE(c.node(1).TransferLeadership(2).ok());
+  c.Stabilize();
+  EXPECT_EQ(c.node(2).role(), Role::kLeader);
+  bool told = false;
+  bool timeout_now = false;
+  for (const Message& m : c.delivered) {
+    if (m.to != 2 || m.from != 1) continue;
+    if (m.type == MessageType::kTimeoutNow) {
+      timeout_now = true;
+      break;
+    }
+    told = told || (m.type == MessageType::kAppend && m.commit >= a);
+  }
+  EXPECT_TRUE(timeout_now);
+  EXPECT_TRUE(told) << "kTimeoutNow was not preceded by the commit index";
+}
+
 TEST(NodeTest, PipelineIsBoundedByMaxInflightMessages) {
   Cluster c(2, [](Config& cfg) {
     cfg.max_inflight_msgs = 3;
