@@ -318,16 +318,24 @@ void AdminService::LocalPartitions(const std::vector<uint32_t>& wanted,
     ps->set_commit_index(st.commit);
     ps->set_log_start_offset(v.log_start_offset);
     ps->set_last_offset(st.last_offset);
+    // Match indexes are known only to the leader (st.match is empty elsewhere: 0).
+    auto match_of = [&st](raft::NodeId id) -> uint64_t {
+      for (const auto& [member, index] : st.match) {
+        if (member == id) return index;
+      }
+      return 0;
+    };
     for (raft::NodeId id : st.conf_state.voters) {
       v1::ReplicaStatus* r = ps->add_replicas();
       r->set_node_id(id);
       r->set_role(id == st.leader ? v1::REPLICA_ROLE_LEADER : v1::REPLICA_ROLE_FOLLOWER);
-      // match_index stays 0: GroupStatus does not expose the leader's progress tracking yet.
+      r->set_match_index(match_of(id));
     }
     for (raft::NodeId id : st.conf_state.learners) {
       v1::ReplicaStatus* r = ps->add_replicas();
       r->set_node_id(id);
       r->set_role(v1::REPLICA_ROLE_LEARNER);
+      r->set_match_index(match_of(id));
     }
   }
 }

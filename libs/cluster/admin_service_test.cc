@@ -132,6 +132,37 @@ TEST_F(AdminServiceTest, LocalOnlyListsThePartitionsHostedHere) {
   EXPECT_EQ(listed, (std::vector<uint32_t>{0, 2, 3}));
   EXPECT_EQ(all.partitions(0).replicas_size(), 3);
   EXPECT_FALSE(all.partitions(0).has_error());
+  // A partition's leader reports how far each replica has the log; a follower does not know (0).
+  bool reported = false;
+  for (int i = 0; i < 200 && !reported; ++i) {
+    const raft::NodeId leader = WaitForLeader(0);
+    ASSERT_NE(leader, 0u);
+    v1::ListPartitionsResponse mine;
+    ASSERT_TRUE(nodes_[leader].stub->ListPartitions(Context().get(), local, &mine).ok());
+    for (const auto& ps : mine.partitions()) {
+      if (ps.info().partition() != 0 || ps.info().leader_node_id() != leader) continue;
+      bool all = ps.replicas_size() == 3 && ps.commit_index() > 0;
+      for (const auto& r : ps.replicas()) {
+        all = all && r.match_index() >= ps.commit_index();
+        EXPECT_LE(r.match_index(), ps.commit_index() + 1000) << "node " << r.node_id();
+      }
+      if (!all) continue;
+      reported = true;
+      for (uint64_t follower : ps.info().voters()) {
+        if (follower == leader) continue;
+        v1::ListPartitionsResponse theirs;
+        ASSERT_TRUE(nodes_[follower].stub->ListPartitions(Context().get(), local, &theirs).ok());
+        for (const auto& fps : theirs.partitions()) {
+          if (fps.info().partition() != 0) continue;
+          for (const auto& r : fps.replicas()) {
+            EXPECT_EQ(r.match_index(), 0u) << "follower " << follower << " about " << r.node_id();
+          }
+        }
+      }
+    }
+    if (!reported) std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_TRUE(reported) << "partition 0's leader never reported every replica's match index";
 
   // Asked for by id (cluster-wide), a partition no reachable node answered for comes back with
   // its placement and an error (the other nodes' addresses are not reachable in this test).

@@ -756,6 +756,19 @@ GroupStatus RaftHost::StatusOf(const Group& g) {
   st.last_index = g.node->last_index();
   st.first_index = g.log->FirstIndex();
   st.conf_state = g.node->conf_state();
+  if (st.role == raft::Role::kLeader) {
+    std::vector<raft::NodeId> members = st.conf_state.voters;
+    members.insert(members.end(), st.conf_state.learners.begin(), st.conf_state.learners.end());
+    std::sort(members.begin(), members.end());
+    for (raft::NodeId id : members) {
+      if (id == g.node->id()) {
+        st.match.emplace_back(id, std::min(g.durable, g.node->last_index()));
+        continue;
+      }
+      const raft::Progress* pr = g.node->progress(id);
+      st.match.emplace_back(id, pr != nullptr ? pr->match : 0);
+    }
+  }
   st.partition = g.partition;
   st.quiesced = g.quiesced;
   if (g.sm) {

@@ -164,6 +164,9 @@ struct GroupStatus {
   uint64_t last_index = 0;
   uint64_t first_index = 0;  // first entry still in the log (compaction discards before it)
   raft::ConfState conf_state;
+  // On the leader: each member's highest log index known to be durable there (this node's own
+  // included), in member id order. Empty elsewhere.
+  std::vector<std::pair<raft::NodeId, uint64_t>> match;
   // The partition's state machine.
   uint32_t partition = 0;
   uint64_t last_offset = 0;

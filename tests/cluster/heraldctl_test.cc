@@ -204,6 +204,18 @@ TEST_F(HeraldctlTest, PartitionsListsEveryPartitionWithALeaderAndItsReplicas) {
     EXPECT_EQ(VotersIn(json, p), (std::vector<uint64_t>{1, 2, 3})) << json;
   }
   EXPECT_EQ(json.find("\"partition\":" + std::to_string(kPartitions)), std::string::npos);
+  // Answered by its leader, a partition lists each replica's match index (every replica has at
+  // least the leader's first entry once it is replicated).
+  bool matched = false;
+  for (int i = 0; i < 100 && !matched; ++i) {
+    matched = std::regex_search(
+        json, std::regex("\"match_index\":\\{\"1\":[1-9]\\d*,\"2\":[1-9]\\d*,\"3\":[1-9]\\d*\\}"));
+    if (!matched) {
+      std::this_thread::sleep_for(100ms);
+      json = Ctl({"partitions", "--json"}).out;
+    }
+  }
+  EXPECT_TRUE(matched) << json;
   CtlResult table = Ctl({"partitions"});
   ASSERT_EQ(table.exit_code, 0) << table.err;
   EXPECT_EQ(table.out.rfind("PARTITION", 0), 0u) << table.out;

@@ -819,6 +819,15 @@ int RunPartitions(const Flags& f) {
             ",\"log_start_offset\":", s.log_start_offset(), ",\"last_offset\":", s.last_offset(),
             ",\"messages\":", messages, ",\"reported_by\":", m.from_node,
             ",\"from_leader\":", s.info().leader_node_id() == m.from_node);
+        if (s.info().leader_node_id() == m.from_node) {
+          // The leader's view of each replica: the highest log index durable there.
+          out += ",\"match_index\":{";
+          for (int i = 0; i < s.replicas_size(); ++i) {
+            StrAppend(&out, i ? "," : "", "\"", s.replicas(i).node_id(),
+                      "\":", s.replicas(i).match_index());
+          }
+          out += "}";
+        }
       } else {
         std::vector<uint64_t> voters;
         if (m.partition < static_cast<uint32_t>(any.metadata().partitions_size())) {
