@@ -757,17 +757,18 @@ GroupStatus RaftHost::StatusOf(const Group& g) {
   st.first_index = g.log->FirstIndex();
   st.conf_state = g.node->conf_state();
   if (st.role == raft::Role::kLeader) {
-    std::vector<raft::NodeId> members = st.conf_state.voters;
-    members.insert(members.end(), st.conf_state.learners.begin(), st.conf_state.learners.end());
-    std::sort(members.begin(), members.end());
-    for (raft::NodeId id : members) {
+    // Also on the read path (every ReadAsync): inline storage, no allocation for small groups.
+    auto add = [&](raft::NodeId id) {
       if (id == g.node->id()) {
         st.match.emplace_back(id, std::min(g.durable, g.node->last_index()));
-        continue;
+        return;
       }
       const raft::Progress* pr = g.node->progress(id);
       st.match.emplace_back(id, pr != nullptr ? pr->match : 0);
-    }
+    };
+    for (raft::NodeId id : st.conf_state.voters) add(id);
+    for (raft::NodeId id : st.conf_state.learners) add(id);
+    std::sort(st.match.begin(), st.match.end());
   }
   st.partition = g.partition;
   st.quiesced = g.quiesced;

@@ -50,6 +50,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/inlined_vector.h"
 #include "absl/status/status.h"
 #include "libs/broker/partition_state_machine.h"
 #include "herald/v1/partition.pb.h"
@@ -166,7 +167,7 @@ struct GroupStatus {
   raft::ConfState conf_state;
   // On the leader: each member's highest log index known to be durable there (this node's own
   // included), in member id order. Empty elsewhere.
-  std::vector<std::pair<raft::NodeId, uint64_t>> match;
+  absl::InlinedVector<std::pair<raft::NodeId, uint64_t>, 7> match;
   // The partition's state machine.
   uint32_t partition = 0;
   uint64_t last_offset = 0;
