@@ -1,6 +1,8 @@
 #include "libs/cluster/broker_service.h"
 
 #include <atomic>
+#include <deque>
+#include <memory>
 
 #include "absl/strings/str_join.h"
 #include "libs/common/partitioning.h"
@@ -100,21 +102,19 @@ void BrokerService::SetNotLeader(raft::NodeId leader, uint64_t term, v1::ErrorIn
   }
 }
 
-grpc::ServerUnaryReactor* BrokerService::Publish(grpc::CallbackServerContext* ctx,
-                                                 const v1::PublishRequest* request,
-                                                 v1::PublishResponse* response) {
-  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  const int n = request->messages_size();
+grpc::Status BrokerService::StartPublish(const v1::PublishRequest& request,
+                                         v1::PublishResponse* response,
+                                         std::function<void()> done) {
+  const int n = request.messages_size();
   if (static_cast<uint32_t>(n) > options_.max_messages_per_request) {
-    reactor->Finish(grpc::Status(
+    return grpc::Status(
         grpc::StatusCode::INVALID_ARGUMENT,
-        StrCat("at most ", options_.max_messages_per_request, " messages per request")));
-    return reactor;
+        StrCat("at most ", options_.max_messages_per_request, " messages per request"));
   }
   std::map<uint32_t, std::vector<int>> by_partition;
   for (int i = 0; i < n; ++i) {
     v1::PublishResult* r = response->add_results();
-    const v1::Message& m = request->messages(i);
+    const v1::Message& m = request.messages(i);
     uint32_t p = PartitionFor(m.topic(), options_.partition_count);
     r->set_partition(p);
     if (auto err = mqtt::ValidateTopicName(m.topic()); err.has_value()) {
@@ -130,40 +130,185 @@ grpc::ServerUnaryReactor* BrokerService::Publish(grpc::CallbackServerContext* ct
     by_partition[p].push_back(i);
   }
   if (by_partition.empty()) {
-    reactor->Finish(grpc::Status::OK);
-    return reactor;
+    done();
+    return grpc::Status::OK;
   }
   // Callbacks run on the Raft host's thread (or here, when the host is stopping); the last one
   // to finish answers. Each writes only its own, pre-allocated results.
-  auto outstanding = std::make_shared<std::atomic<size_t>>(by_partition.size());
+  struct Outstanding {
+    std::atomic<size_t> count;
+    std::function<void()> done;
+  };
+  auto outstanding = std::make_shared<Outstanding>();
+  outstanding->count = by_partition.size();
+  outstanding->done = std::move(done);
   const int64_t now = UnixMs(clock_);
   for (auto& [partition, indexes] : by_partition) {
     v1::PartitionCommand cmd;
     cmd.set_proposed_at_unix_ms(now);
     for (int i : indexes) {
       v1::Message* m = cmd.mutable_publish()->add_messages();
-      *m = request->messages(i);
+      *m = request.messages(i);
       m->clear_partition();
       m->clear_offset();
       m->clear_publish_time_unix_ms();
     }
     const size_t count = indexes.size();
-    host_.ProposePublish(
-        GroupForPartition(partition), cmd.SerializeAsString(), count,
-        [this, reactor, response, outstanding, partition = partition,
-         indexes = std::move(indexes)](ProposalResult r) {
-          for (size_t k = 0; k < indexes.size(); ++k) {
-            v1::PublishResult* out = response->mutable_results(indexes[k]);
-            if (r.status.ok() && k < r.apply.publish.size()) {
-              *out = std::move(r.apply.publish[k]);
-              continue;
-            }
-            SetProposalError(r, GroupForPartition(partition), out->mutable_error());
-          }
-          if (outstanding->fetch_sub(1) == 1) reactor->Finish(grpc::Status::OK);
-        });
+    host_.ProposePublish(GroupForPartition(partition), cmd.SerializeAsString(), count,
+                         [this, response, outstanding, partition = partition,
+                          indexes = std::move(indexes)](ProposalResult r) {
+                           for (size_t k = 0; k < indexes.size(); ++k) {
+                             v1::PublishResult* out = response->mutable_results(indexes[k]);
+                             if (r.status.ok() && k < r.apply.publish.size()) {
+                               *out = std::move(r.apply.publish[k]);
+                               continue;
+                             }
+                             SetProposalError(r, GroupForPartition(partition),
+                                              out->mutable_error());
+                           }
+                           if (outstanding->count.fetch_sub(1) == 1) outstanding->done();
+                         });
   }
+  return grpc::Status::OK;
+}
+
+grpc::ServerUnaryReactor* BrokerService::Publish(grpc::CallbackServerContext* ctx,
+                                                 const v1::PublishRequest* request,
+                                                 v1::PublishResponse* response) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  grpc::Status st =
+      StartPublish(*request, response, [reactor] { reactor->Finish(grpc::Status::OK); });
+  if (!st.ok()) reactor->Finish(st);
   return reactor;
+}
+
+// One PublishStream: reads a request, starts it, and reads the next while fewer than
+// `max_stream_inflight` are unanswered; answers are written one at a time, in completion order.
+// gRPC allows one outstanding read and one outstanding write per stream, and may run a reaction
+// inline from a Start call made on a thread of ours, so no Start call is made under `mu_`.
+// The stream finishes once the client half-closed (or the call broke) and every request it
+// started has completed: the completions reference this reactor.
+class BrokerService::PublishStreamReactor final
+    : public grpc::ServerBidiReactor<v1::PublishStreamRequest, v1::PublishStreamResponse> {
+ public:
+  explicit PublishStreamReactor(BrokerService& service) : service_(service) {
+    StartRead(&request_);
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // half-closed by the client, or the call is over
+      bool finish;
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        reads_done_ = true;
+        finish = FinishNowLocked();
+      }
+      if (finish) Finish(FinalStatus());
+      return;
+    }
+    auto* response = new v1::PublishStreamResponse();
+    response->set_request_id(request_.request_id());
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      ++inflight_;
+    }
+    grpc::Status st = service_.StartPublish(request_.publish(), response->mutable_publish(),
+                                            [this, response] { Completed(response); });
+    if (!st.ok()) {
+      response->clear_publish();
+      SetError(response->mutable_error(),
+               st.error_code() == grpc::StatusCode::INVALID_ARGUMENT
+                   ? v1::ERROR_CODE_INVALID_ARGUMENT
+                   : v1::ERROR_CODE_INTERNAL,
+               st.error_message());
+      Completed(response);
+    }
+    bool read;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      read = inflight_ < service_.options_.max_stream_inflight;
+      read_paused_ = !read;
+    }
+    if (read) StartRead(&request_);
+  }
+
+  void OnWriteDone(bool ok) override {
+    const v1::PublishStreamResponse* next = nullptr;
+    bool finish;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      answers_.pop_front();
+      if (!ok) {  // the call is broken: nobody reads the rest
+        broken_ = true;
+        answers_.clear();
+      }
+      if (!answers_.empty()) {
+        next = answers_.front().get();
+      } else {
+        writing_ = false;
+      }
+      finish = FinishNowLocked();
+    }
+    if (next != nullptr) StartWrite(next);
+    if (finish) Finish(FinalStatus());
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  // A request has its answer (on the Raft host's thread, or on gRPC's).
+  void Completed(v1::PublishStreamResponse* response) {
+    std::unique_ptr<v1::PublishStreamResponse> owned(response);
+    const v1::PublishStreamResponse* write = nullptr;
+    bool read = false, finish;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      --inflight_;
+      if (!broken_) {
+        answers_.push_back(std::move(owned));
+        if (!writing_) {
+          writing_ = true;
+          write = answers_.front().get();
+        }
+      }
+      if (read_paused_ && inflight_ < service_.options_.max_stream_inflight) {
+        read_paused_ = false;
+        read = true;
+      }
+      finish = FinishNowLocked();
+    }
+    if (write != nullptr) StartWrite(write);
+    if (read) StartRead(&request_);
+    if (finish) Finish(FinalStatus());
+  }
+
+  // Whether the stream is over now (and this caller is the one to finish it).
+  bool FinishNowLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (finished_ || !reads_done_ || inflight_ != 0 || writing_) return false;
+    finished_ = true;
+    return true;
+  }
+  grpc::Status FinalStatus() {
+    std::lock_guard<std::mutex> l(mu_);
+    return broken_ ? grpc::Status::CANCELLED : grpc::Status::OK;
+  }
+
+  BrokerService& service_;
+  v1::PublishStreamRequest request_;  // the read in progress (one at a time)
+  std::mutex mu_;
+  uint32_t inflight_ ABSL_GUARDED_BY(mu_) = 0;
+  bool read_paused_ ABSL_GUARDED_BY(mu_) = false;
+  bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;
+  bool finished_ ABSL_GUARDED_BY(mu_) = false;
+  // Answers not written yet; the front one is being written while `writing_`.
+  std::deque<std::unique_ptr<v1::PublishStreamResponse>> answers_ ABSL_GUARDED_BY(mu_);
+};
+
+grpc::ServerBidiReactor<v1::PublishStreamRequest, v1::PublishStreamResponse>*
+BrokerService::PublishStream(grpc::CallbackServerContext* /*ctx*/) {
+  return new PublishStreamReactor(*this);
 }
 
 broker::FetchLimits BrokerService::RequestLimits(uint32_t max_messages, uint64_t max_bytes) const {
@@ -215,39 +360,39 @@ grpc::ServerUnaryReactor* BrokerService::Fetch(grpc::CallbackServerContext* ctx,
       if (outstanding->fetch_sub(1) == 1) reactor->Finish(grpc::Status::OK);
       continue;
     }
-    host_.ReadLinearizable(GroupForPartition(range.partition()),
-                    [this, reactor, out, outstanding, range, filters, limits, now](
-                        broker::PartitionStateMachine* sm, const GroupStatus* st) {
-                      if (!LeaderServes(GroupForPartition(range.partition()), sm, st, out)) {
-                        // LeaderServes filled in the error.
-                      } else if (range.epoch() != 0 && range.epoch() != sm->state().epoch()) {
-                        SetError(out->mutable_error(), v1::ERROR_CODE_EPOCH_CHANGED,
-                                 StrCat("partition epoch is ", sm->state().epoch()));
-                      } else {
-                        auto f = sm->Fetch(range.after_offset(), range.until_offset(), filters, now,
-                                           limits);
-                        if (!f.ok()) {
-                          SetError(out->mutable_error(), v1::ERROR_CODE_INTERNAL,
-                                   std::string(f.status().message()));
-                        } else {
-                          out->set_epoch(sm->state().epoch());
-                          out->set_log_start_offset(sm->state().first_offset());
-                          out->set_last_offset(sm->last_offset());
-                          out->set_evaluated_through(f->evaluated_through);
-                          if (f->gap_to != 0) {
-                            v1::Gap* gap = out->mutable_gap();
-                            gap->set_partition(range.partition());
-                            gap->set_reason(v1::ERROR_CODE_CURSOR_GAP);
-                            gap->set_from_epoch(sm->state().epoch());
-                            gap->set_from_offset(range.after_offset());
-                            gap->set_to_epoch(sm->state().epoch());
-                            gap->set_to_offset(f->gap_to);
-                          }
-                          for (auto& m : f->messages) *out->add_messages() = std::move(m);
-                        }
-                      }
-                      if (outstanding->fetch_sub(1) == 1) reactor->Finish(grpc::Status::OK);
-                    });
+    host_.ReadLinearizable(
+        GroupForPartition(range.partition()),
+        [this, reactor, out, outstanding, range, filters, limits, now](
+            broker::PartitionStateMachine* sm, const GroupStatus* st) {
+          if (!LeaderServes(GroupForPartition(range.partition()), sm, st, out)) {
+            // LeaderServes filled in the error.
+          } else if (range.epoch() != 0 && range.epoch() != sm->state().epoch()) {
+            SetError(out->mutable_error(), v1::ERROR_CODE_EPOCH_CHANGED,
+                     StrCat("partition epoch is ", sm->state().epoch()));
+          } else {
+            auto f = sm->Fetch(range.after_offset(), range.until_offset(), filters, now, limits);
+            if (!f.ok()) {
+              SetError(out->mutable_error(), v1::ERROR_CODE_INTERNAL,
+                       std::string(f.status().message()));
+            } else {
+              out->set_epoch(sm->state().epoch());
+              out->set_log_start_offset(sm->state().first_offset());
+              out->set_last_offset(sm->last_offset());
+              out->set_evaluated_through(f->evaluated_through);
+              if (f->gap_to != 0) {
+                v1::Gap* gap = out->mutable_gap();
+                gap->set_partition(range.partition());
+                gap->set_reason(v1::ERROR_CODE_CURSOR_GAP);
+                gap->set_from_epoch(sm->state().epoch());
+                gap->set_from_offset(range.after_offset());
+                gap->set_to_epoch(sm->state().epoch());
+                gap->set_to_offset(f->gap_to);
+              }
+              for (auto& m : f->messages) *out->add_messages() = std::move(m);
+            }
+          }
+          if (outstanding->fetch_sub(1) == 1) reactor->Finish(grpc::Status::OK);
+        });
   }
   return reactor;
 }
@@ -281,24 +426,25 @@ grpc::ServerUnaryReactor* BrokerService::GetRetained(grpc::CallbackServerContext
       continue;
     }
     host_.ReadLinearizable(GroupForPartition(q.partition()),
-                    [this, reactor, out, outstanding, q, filters, limits, now](
-                        broker::PartitionStateMachine* sm, const GroupStatus* st) {
-                      if (LeaderServes(GroupForPartition(q.partition()), sm, st, out)) {
-                        std::string next;
-                        auto page = sm->RetainedPage(filters, q.after_topic(), now,
-                                                     limits.max_messages, limits.max_bytes, &next);
-                        if (!page.ok()) {
-                          SetError(out->mutable_error(), v1::ERROR_CODE_INTERNAL,
-                                   std::string(page.status().message()));
-                        } else {
-                          out->set_epoch(sm->state().epoch());
-                          out->set_as_of_offset(sm->last_offset());
-                          for (auto& m : *page) *out->add_messages() = std::move(m);
-                          out->set_next_after_topic(next);
-                        }
-                      }
-                      if (outstanding->fetch_sub(1) == 1) reactor->Finish(grpc::Status::OK);
-                    });
+                           [this, reactor, out, outstanding, q, filters, limits, now](
+                               broker::PartitionStateMachine* sm, const GroupStatus* st) {
+                             if (LeaderServes(GroupForPartition(q.partition()), sm, st, out)) {
+                               std::string next;
+                               auto page =
+                                   sm->RetainedPage(filters, q.after_topic(), now,
+                                                    limits.max_messages, limits.max_bytes, &next);
+                               if (!page.ok()) {
+                                 SetError(out->mutable_error(), v1::ERROR_CODE_INTERNAL,
+                                          std::string(page.status().message()));
+                               } else {
+                                 out->set_epoch(sm->state().epoch());
+                                 out->set_as_of_offset(sm->last_offset());
+                                 for (auto& m : *page) *out->add_messages() = std::move(m);
+                                 out->set_next_after_topic(next);
+                               }
+                             }
+                             if (outstanding->fetch_sub(1) == 1) reactor->Finish(grpc::Status::OK);
+                           });
   }
   return reactor;
 }

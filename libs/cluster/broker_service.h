@@ -1,8 +1,8 @@
 // The core's Broker gRPC service (proto/herald/v1/broker.proto) over a node's RaftHost: Publish
 // proposes each partition's messages to its Raft group and answers once they are committed and
-// applied; Fetch reads a partition's applied state on its leader; Subscribe streams a
-// partition's backlog from a position and then its new messages, under credit-based flow
-// control.
+// applied (PublishStream does the same for a stream of requests); Fetch reads a partition's applied
+// state on its leader; Subscribe streams a partition's backlog from a position and then its new
+// messages, under credit-based flow control.
 //
 // GetRetained pages through a partition's retained messages on its leader.
 //
@@ -32,6 +32,8 @@ struct BrokerServiceOptions {
   std::shared_ptr<NodeDirectory> directory = std::make_shared<NodeDirectory>();
   uint32_t max_messages_per_request = 10'000;
   uint64_t max_message_bytes = 1 << 20;
+  // PublishStream: most requests of one stream started and not answered yet.
+  uint32_t max_stream_inflight = 1024;
   uint32_t fetch_default_max_messages = 1000;
   uint64_t fetch_default_max_bytes = 4 << 20;
   // Subscribe: heartbeat interval bounds (the edge asks within them) and default.
@@ -46,13 +48,14 @@ struct BrokerServiceOptions {
 // Partition p is Raft group p + 1 (group 0 is reserved for cluster metadata).
 inline GroupId GroupForPartition(uint32_t partition) { return GroupId{partition} + 1; }
 
-// Publish and Fetch use gRPC's callback API (no thread waits on Raft); Subscribe is a
-// synchronous bidirectional stream with a thread per stream (an edge opens one per core node).
+// Publish, PublishStream and Fetch use gRPC's callback API (no thread waits on Raft); Subscribe is
+// a synchronous bidirectional stream with a thread per stream (an edge opens one per core node).
 using BrokerServiceBase = v1::Broker::WithCallbackMethod_Publish<
-    v1::Broker::WithCallbackMethod_Fetch<v1::Broker::WithCallbackMethod_GetRetained<
-        v1::Broker::WithCallbackMethod_OpenSession<v1::Broker::WithCallbackMethod_UpdateSessions<
-            v1::Broker::WithCallbackMethod_CloseSession<
-                v1::Broker::WithCallbackMethod_GetSession<v1::Broker::Service>>>>>>>;
+    v1::Broker::WithCallbackMethod_PublishStream<v1::Broker::WithCallbackMethod_Fetch<
+        v1::Broker::WithCallbackMethod_GetRetained<v1::Broker::WithCallbackMethod_OpenSession<
+            v1::Broker::WithCallbackMethod_UpdateSessions<
+                v1::Broker::WithCallbackMethod_CloseSession<
+                    v1::Broker::WithCallbackMethod_GetSession<v1::Broker::Service>>>>>>>>;
 
 class BrokerService final : public BrokerServiceBase {
  public:
@@ -64,6 +67,8 @@ class BrokerService final : public BrokerServiceBase {
   grpc::ServerUnaryReactor* Publish(grpc::CallbackServerContext* ctx,
                                     const v1::PublishRequest* request,
                                     v1::PublishResponse* response) override;
+  grpc::ServerBidiReactor<v1::PublishStreamRequest, v1::PublishStreamResponse>* PublishStream(
+      grpc::CallbackServerContext* ctx) override;
   grpc::ServerUnaryReactor* Fetch(grpc::CallbackServerContext* ctx, const v1::FetchRequest* request,
                                   v1::FetchResponse* response) override;
   grpc::ServerUnaryReactor* GetRetained(grpc::CallbackServerContext* ctx,
@@ -87,6 +92,13 @@ class BrokerService final : public BrokerServiceBase {
 
  private:
   class Subscription;
+  class PublishStreamReactor;
+  // Validates `request` and proposes its messages, filling `response` (one result per message)
+  // and calling `done` once every message has an outcome: on the Raft host's thread, or on this
+  // one (nothing to propose, or the host is stopping). A request that fails as a whole returns
+  // its status instead, and `done` is not called. `request` is not referenced after the return.
+  grpc::Status StartPublish(const v1::PublishRequest& request, v1::PublishResponse* response,
+                            std::function<void()> done);
   void SetNotLeader(raft::NodeId leader, uint64_t term, v1::ErrorInfo* error) const;
   // This node holds no replica of `group`'s partition: NOT_LEADER naming one of the partition's
   // assigned replicas (term 0), which leads it or knows who does; PARTITION_UNAVAILABLE when
@@ -101,8 +113,8 @@ class BrokerService final : public BrokerServiceBase {
   // Whether this node can serve a read of the partition (hosted and leading); if not, sets
   // `out`'s error (a FetchResult or RetainedResult) to say why.
   template <typename Result>
-  bool LeaderServes(GroupId group, const broker::PartitionStateMachine* sm,
-                    const GroupStatus* st, Result* out) const;
+  bool LeaderServes(GroupId group, const broker::PartitionStateMachine* sm, const GroupStatus* st,
+                    Result* out) const;
 
   RaftHost& host_;
   const BrokerServiceOptions options_;

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Publish throughput and acknowledgement latency of the core, replication factor 1 and 3, with and
 # without batching, on this machine (fsync on). Prints one line per run. Then replication 3 with
-# 12 partitions (4 led by each node instead of 3/3/2), with one request per publisher and with
-# the publishers sharing an edge's client (--client=edge: requests coalesced per partition).
+# 12 partitions (4 led by each node instead of 3/3/2), with one request per publisher (Publish
+# calls), the same over PublishStream (--client=stream: one stream per server shared by the
+# publishers), and with the publishers sharing an edge's client (--client=edge: requests
+# coalesced per partition).
 #
 #   tests/bench/core_publish.sh [DURATION]      (default 10s per run; needs a build: tools/dev build)
 set -euo pipefail
@@ -43,16 +45,17 @@ stop_cluster() {
 
 for n in 1 3; do
   start_cluster "$n"
-  for batch in 1 10 50; do
-    echo "== replication factor $n, batch $batch" >&2
+  for run in grpc:1 grpc:10 grpc:50 stream:10; do
+    client=${run%:*} batch=${run#*:}
+    echo "== replication factor $n, batch $batch, client $client" >&2
     "$BIN/herald-bench" publish --servers="$SERVERS" --partitions=8 --publishers=50 \
-      --batch=$batch --payload=100 --duration="$DURATION" | sed "s/^/RF=$n /"
+      --batch=$batch --payload=100 --duration="$DURATION" --client=$client | sed "s/^/RF=$n /"
   done
   stop_cluster
 done
 
 start_cluster 3 12
-for client in grpc edge; do
+for client in grpc stream edge; do
   echo "== replication factor 3, 12 partitions, batch 10, client $client" >&2
   "$BIN/herald-bench" publish --servers="$SERVERS" --partitions=12 --publishers=50 \
     --batch=10 --payload=100 --duration="$DURATION" --client=$client | sed "s/^/RF=3 P=12 /"

@@ -2,7 +2,7 @@
 //
 //   herald-bench publish --servers=127.0.0.1:7070[,host:port...] --partitions=8
 //                        --publishers=50 --batch=1 --payload=100 --topics=100 --duration=10s
-//                        --warmup=1s [--client=grpc|edge]
+//                        --warmup=1s [--client=grpc|stream|edge]
 //
 // `publish` runs N publishers, each sending Publish requests of `batch` messages (one topic per
 // request, topics spread over partitions) to the partition's leader (following NOT_LEADER
@@ -11,6 +11,10 @@
 // line every second. Requests acknowledged during the warm-up are not counted. Publishers use
 // gRPC's callback API and share its threads, so the load generator takes little of the
 // machine it measures.
+//
+// With --client=stream the same publishers send the same requests over PublishStream instead,
+// all publishers sharing one stream per server (each request still waits for its answer before
+// the publisher sends the next): what a producer that keeps publishing saves in per-call cost.
 //
 // With --client=edge the publishers instead share one edge CoreClient (libs/edge), the client
 // Herald's edges publish through: each publisher still publishes `batch` messages and waits for
@@ -51,6 +55,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -88,7 +93,7 @@ struct Options {
   int topics = 100;
   absl::Duration duration = absl::Seconds(10);
   absl::Duration warmup = absl::Seconds(1);
-  bool edge_client = false;  // --client=edge
+  std::string client = "grpc";  // --client=grpc|stream|edge
 };
 
 // Reads the flag at argv[*i] as `--key=value` or `--key value`, advancing *i past it.
@@ -146,8 +151,8 @@ bool ParseFlags(int argc, char** argv, Options* o) {
       ok = ParseSeconds(v, &secs);
       o->warmup = absl::Seconds(secs);
     } else if (k == "client") {
-      ok = v == "grpc" || v == "edge";
-      o->edge_client = v == "edge";
+      ok = v == "grpc" || v == "stream" || v == "edge";
+      o->client = v;
     } else {
       ok = false;
     }
@@ -245,7 +250,7 @@ struct PublishRun {
         "publish: client=%s publishers=%d batch=%d payload=%dB servers=%zu  ->  %.0f msg/s "
         "acknowledged, latency p50 %.2f ms, p99 %.2f ms, p999 %.2f ms (%llu msgs, %llu retries, "
         "%llu redirects)\n",
-        o.edge_client ? "edge" : "grpc", o.publishers, o.batch, o.payload, o.servers.size(),
+        o.client.c_str(), o.publishers, o.batch, o.payload, o.servers.size(),
         static_cast<double>(acked.load()) / secs, pct(0.5), pct(0.99), pct(0.999),
         static_cast<unsigned long long>(acked.load()),
         static_cast<unsigned long long>(errors.load()),
@@ -319,15 +324,20 @@ struct PublisherBase {
 
 // One logical publisher: one Publish request outstanding at a time, sent with gRPC's callback
 // API, so that fifty publishers cost the machine little more than one (no thread each).
+struct StreamPool;
+
 struct Publisher : PublisherBase {
   std::vector<std::unique_ptr<herald::v1::Broker::Stub>>* stubs = nullptr;
+  std::vector<std::unique_ptr<StreamPool>>* streams = nullptr;  // --client=stream
+  uint64_t id = 0;                                              // request id on the streams
 
   std::map<uint32_t, size_t> leader;  // partition -> server index
   std::map<uint32_t, uint64_t> seq;
   uint64_t producer = 0;
   uint32_t partition = 0;
   size_t server = 0;
-  herald::v1::PublishRequest req;
+  herald::v1::PublishStreamRequest stream_req;  // holds `req` on streams
+  herald::v1::PublishRequest& req = *stream_req.mutable_publish();
   herald::v1::PublishResponse resp;
   std::unique_ptr<grpc::ClientContext> ctx;
 
@@ -336,6 +346,7 @@ struct Publisher : PublisherBase {
     const Options& o = run->o;
     std::string topic = run->Topic(rnd);
     partition = herald::PartitionFor(topic, o.partitions);
+    stream_req.set_request_id(id);
     req.Clear();
     for (int i = 0; i < o.batch; ++i) {
       auto* m = req.add_messages();
@@ -353,12 +364,17 @@ struct Publisher : PublisherBase {
   void Send() {
     if (run->StopHere()) return;
     server = leader.count(partition) ? leader[partition] : (partition % stubs->size());
+    resp.Clear();
+    if (streams != nullptr) {
+      SendOnStream();
+      return;
+    }
     ctx = std::make_unique<grpc::ClientContext>();
     ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
-    resp.Clear();
     (*stubs)[server]->async()->Publish(ctx.get(), &req, &resp,
                                        [this](grpc::Status st) { Done(st); });
   }
+  void SendOnStream();  // below StreamPool
 
   void Done(const grpc::Status& st) {
     bool ok = st.ok();
@@ -396,6 +412,126 @@ struct Publisher : PublisherBase {
     run->RetryLater([this] { Send(); });
   }
 };
+
+// --client=stream: the PublishStream calls to one server, shared by every publisher. A call
+// lives until it breaks (then its unanswered requests fail, as a failed Publish call would, and
+// the next request opens a new one) or the run ends.
+struct StreamPool {
+  class Call final : public grpc::ClientBidiReactor<herald::v1::PublishStreamRequest,
+                                                    herald::v1::PublishStreamResponse> {
+   public:
+    Call(StreamPool* pool, herald::v1::Broker::Stub* stub) : pool_(pool) {
+      stub->async()->PublishStream(&ctx_, this);
+    }
+    // Not under the pool's lock: gRPC may run reactions inline.
+    void Start() {
+      StartRead(&resp_);
+      StartCall();
+    }
+    // Queues `p`'s request (under the pool's lock; the caller starts the write, if asked, after
+    // releasing it).
+    const herald::v1::PublishStreamRequest* EnqueueLocked(Publisher* p) {
+      pending_[p->id] = p;
+      writes_.push_back(&p->stream_req);
+      if (writing_) return nullptr;
+      writing_ = true;
+      return writes_.front();
+    }
+    void Cancel() { ctx_.TryCancel(); }
+
+    void OnWriteDone(bool ok) override {
+      const herald::v1::PublishStreamRequest* next = nullptr;
+      {
+        std::lock_guard<std::mutex> l(pool_->mu);
+        writes_.pop_front();
+        if (ok && !writes_.empty()) {
+          next = writes_.front();
+        } else {
+          writing_ = false;
+          if (!ok) writes_.clear();
+        }
+      }
+      if (next != nullptr) StartWrite(next);
+    }
+    void OnReadDone(bool ok) override {
+      if (!ok) return;  // the call is over: OnDone follows
+      Publisher* p = nullptr;
+      {
+        std::lock_guard<std::mutex> l(pool_->mu);
+        auto it = pending_.find(resp_.request_id());
+        if (it != pending_.end()) {
+          p = it->second;
+          pending_.erase(it);
+        }
+      }
+      if (p != nullptr) {
+        grpc::Status st = grpc::Status::OK;
+        if (resp_.has_error()) {
+          st = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, resp_.error().message());
+        }
+        p->resp.Swap(resp_.mutable_publish());
+        p->Done(st);
+      }
+      StartRead(&resp_);
+    }
+    void OnDone(const grpc::Status& status) override {
+      std::map<uint64_t, Publisher*> failed;
+      {
+        std::lock_guard<std::mutex> l(pool_->mu);
+        failed.swap(pending_);
+        if (pool_->current == this) pool_->current = nullptr;
+        --pool_->calls;
+      }
+      pool_->cv.notify_all();
+      grpc::Status st =
+          status.ok() ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "stream ended") : status;
+      for (auto& [id, p] : failed) p->Done(st);
+      delete this;
+    }
+
+   private:
+    StreamPool* const pool_;
+    grpc::ClientContext ctx_;
+    herald::v1::PublishStreamResponse resp_;
+    bool writing_ = false;  // guarded by pool_->mu, as are the two below
+    std::deque<const herald::v1::PublishStreamRequest*> writes_;
+    std::map<uint64_t, Publisher*> pending_;
+  };
+
+  explicit StreamPool(herald::v1::Broker::Stub* s) : stub(s) {}
+
+  void Send(Publisher* p) {
+    const herald::v1::PublishStreamRequest* write;
+    Call* call;
+    bool fresh = false;
+    {
+      std::lock_guard<std::mutex> l(mu);
+      if (current == nullptr) {
+        current = new Call(this, stub);
+        ++calls;
+        fresh = true;
+      }
+      call = current;
+      write = call->EnqueueLocked(p);
+    }
+    if (fresh) call->Start();
+    if (write != nullptr) call->StartWrite(write);
+  }
+  // Ends the current call and waits until no call is left.
+  void Close() {
+    std::unique_lock<std::mutex> l(mu);
+    if (current != nullptr) current->Cancel();
+    cv.wait(l, [&] { return calls == 0; });
+  }
+
+  herald::v1::Broker::Stub* const stub;
+  std::mutex mu;
+  std::condition_variable cv;
+  Call* current = nullptr;
+  int calls = 0;
+};
+
+void Publisher::SendOnStream() { (*streams)[server]->Send(this); }
 
 // A publisher of --client=edge: publishes through the shared edge CoreClient, which assigns
 // producer ids and sequences, follows leaders and retries by itself.
@@ -472,7 +608,7 @@ int RunPublishEdge(const Options& o) {
 }
 
 int RunPublish(const Options& o) {
-  if (o.edge_client) return RunPublishEdge(o);
+  if (o.client == "edge") return RunPublishEdge(o);
   std::vector<std::shared_ptr<grpc::Channel>> channels;
   for (const auto& s : o.servers) {
     grpc::ChannelArguments args;
@@ -481,10 +617,20 @@ int RunPublish(const Options& o) {
   }
   std::vector<std::unique_ptr<herald::v1::Broker::Stub>> stubs;
   for (auto& c : channels) stubs.push_back(herald::v1::Broker::NewStub(c));
-  return RunPublishers<Publisher>(o, [&](Publisher* p) {
-    p->stubs = &stubs;
-    p->producer = p->rnd() | 1;
-  });
+  std::vector<std::unique_ptr<StreamPool>> streams;
+  for (auto& stub : stubs) streams.push_back(std::make_unique<StreamPool>(stub.get()));
+  uint64_t next_id = 0;
+  return RunPublishers<Publisher>(
+      o,
+      [&](Publisher* p) {
+        p->stubs = &stubs;
+        if (o.client == "stream") p->streams = &streams;
+        p->id = ++next_id;
+        p->producer = p->rnd() | 1;
+      },
+      [&] {
+        for (auto& pool : streams) pool->Close();
+      });
 }
 
 // ---------------------------------------------------------------------------------------------
