@@ -183,11 +183,12 @@ grpc::ServerUnaryReactor* BrokerService::Publish(grpc::CallbackServerContext* ct
 }
 
 // One PublishStream: reads a request, starts it, and reads the next while fewer than
-// `max_stream_inflight` are unanswered; answers are written one at a time, in completion order.
-// gRPC allows one outstanding read and one outstanding write per stream, and may run a reaction
-// inline from a Start call made on a thread of ours, so no Start call is made under `mu_`.
-// The stream finishes once the client half-closed (or the call broke) and every request it
-// started has completed: the completions reference this reactor.
+// `max_stream_inflight` requests of fewer than `max_stream_inflight_bytes` are unanswered; answers
+// are written one at a time, in completion order. gRPC allows one outstanding read and one
+// outstanding write per stream, and may run a reaction inline from a Start call made on a thread of
+// ours, so no Start call is made under `mu_`. The stream finishes once the client half-closed (or
+// the call broke) and every request it started has completed: the completions reference this
+// reactor.
 class BrokerService::PublishStreamReactor final
     : public grpc::ServerBidiReactor<v1::PublishStreamRequest, v1::PublishStreamResponse> {
  public:
@@ -208,12 +209,15 @@ class BrokerService::PublishStreamReactor final
     }
     auto* response = new v1::PublishStreamResponse();
     response->set_request_id(request_.request_id());
+    const uint64_t bytes = request_.publish().ByteSizeLong();
     {
       std::lock_guard<std::mutex> l(mu_);
       ++inflight_;
+      inflight_bytes_ += bytes;
     }
-    grpc::Status st = service_.StartPublish(request_.publish(), response->mutable_publish(),
-                                            [this, response] { Completed(response); });
+    grpc::Status st =
+        service_.StartPublish(request_.publish(), response->mutable_publish(),
+                              [this, response, bytes] { Completed(response, bytes); });
     if (!st.ok()) {
       response->clear_publish();
       SetError(response->mutable_error(),
@@ -221,12 +225,12 @@ class BrokerService::PublishStreamReactor final
                    ? v1::ERROR_CODE_INVALID_ARGUMENT
                    : v1::ERROR_CODE_INTERNAL,
                st.error_message());
-      Completed(response);
+      Completed(response, bytes);
     }
     bool read;
     {
       std::lock_guard<std::mutex> l(mu_);
-      read = inflight_ < service_.options_.max_stream_inflight;
+      read = RoomLocked();
       read_paused_ = !read;
     }
     if (read) StartRead(&request_);
@@ -257,13 +261,14 @@ class BrokerService::PublishStreamReactor final
 
  private:
   // A request has its answer (on the Raft host's thread, or on gRPC's).
-  void Completed(v1::PublishStreamResponse* response) {
+  void Completed(v1::PublishStreamResponse* response, uint64_t bytes) {
     std::unique_ptr<v1::PublishStreamResponse> owned(response);
     const v1::PublishStreamResponse* write = nullptr;
     bool read = false, finish;
     {
       std::lock_guard<std::mutex> l(mu_);
       --inflight_;
+      inflight_bytes_ -= bytes;
       if (!broken_) {
         answers_.push_back(std::move(owned));
         if (!writing_) {
@@ -271,7 +276,7 @@ class BrokerService::PublishStreamReactor final
           write = answers_.front().get();
         }
       }
-      if (read_paused_ && inflight_ < service_.options_.max_stream_inflight) {
+      if (read_paused_ && RoomLocked()) {
         read_paused_ = false;
         read = true;
       }
@@ -282,6 +287,12 @@ class BrokerService::PublishStreamReactor final
     if (finish) Finish(FinalStatus());
   }
 
+  // Whether another request may be read (at least one always may: the limits bound what is
+  // read ahead, not the size of one request).
+  bool RoomLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return inflight_ < service_.options_.max_stream_inflight &&
+           inflight_bytes_ < service_.options_.max_stream_inflight_bytes;
+  }
   // Whether the stream is over now (and this caller is the one to finish it).
   bool FinishNowLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (finished_ || !reads_done_ || inflight_ != 0 || writing_) return false;
@@ -297,6 +308,7 @@ class BrokerService::PublishStreamReactor final
   v1::PublishStreamRequest request_;  // the read in progress (one at a time)
   std::mutex mu_;
   uint32_t inflight_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t inflight_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // their requests' serialized sizes
   bool read_paused_ ABSL_GUARDED_BY(mu_) = false;
   bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
   bool writing_ ABSL_GUARDED_BY(mu_) = false;

@@ -32,8 +32,10 @@ struct BrokerServiceOptions {
   std::shared_ptr<NodeDirectory> directory = std::make_shared<NodeDirectory>();
   uint32_t max_messages_per_request = 10'000;
   uint64_t max_message_bytes = 1 << 20;
-  // PublishStream: most requests of one stream started and not answered yet.
+  // PublishStream: most requests of one stream started and not answered yet, and most bytes
+  // of them (the next request is read only below both).
   uint32_t max_stream_inflight = 1024;
+  uint64_t max_stream_inflight_bytes = 64 << 20;
   uint32_t fetch_default_max_messages = 1000;
   uint64_t fetch_default_max_bytes = 4 << 20;
   // Subscribe: heartbeat interval bounds (the edge asks within them) and default.

@@ -66,7 +66,8 @@ class PublishStreamTest : public ::testing::Test {
     bo.partition_count = kPartitions;
     bo.node_id = 1;
     bo.max_messages_per_request = 20;
-    bo.max_stream_inflight = 2;
+    bo.max_stream_inflight = inflight_limit_;
+    bo.max_stream_inflight_bytes = inflight_bytes_limit_;
     service_ = std::make_unique<BrokerService>(*nodes_[1].host, bo);
     grpc::ServerBuilder b;
     int port = 0;
@@ -104,6 +105,9 @@ class PublishStreamTest : public ::testing::Test {
     return r;
   }
   uint64_t Proposals() { return nodes_[1].host->stats().proposals.load(); }
+
+  uint32_t inflight_limit_ = 2;
+  uint64_t inflight_bytes_limit_ = 64 << 20;
 
   struct Node {
     std::unique_ptr<storage::Engine> engine;
@@ -203,6 +207,38 @@ TEST_F(PublishStreamTest, AStreamStartsNoMoreThanItsInflightLimitUntilAnswersCom
   EXPECT_EQ(Proposals() - before, 3u);
   ASSERT_TRUE(s->WritesDone());
   EXPECT_FALSE(s->Read(&r));
+  EXPECT_TRUE(s->Finish().ok());
+}
+
+class PublishStreamByteLimitTest : public PublishStreamTest {
+ protected:
+  PublishStreamByteLimitTest() {
+    inflight_limit_ = 1000;
+    inflight_bytes_limit_ = 10;  // less than one request: one at a time
+  }
+};
+
+TEST_F(PublishStreamByteLimitTest, AStreamReadsNoFurtherOnceItsUnansweredBytesReachTheLimit) {
+  grpc::ClientContext ctx;
+  std::unique_ptr<Stream> s = stub_->PublishStream(&ctx);
+  net_.CutOff(2, true);
+  const uint64_t before = Proposals();
+  for (uint64_t id = 1; id <= 3; ++id) {
+    ASSERT_TRUE(s->Write(Request(id, {TopicOf(static_cast<uint32_t>(id))})));
+  }
+  for (int i = 0; i < 100 && Proposals() == before; ++i) std::this_thread::sleep_for(5ms);
+  std::this_thread::sleep_for(150ms);
+  EXPECT_EQ(Proposals() - before, 1u);
+  net_.CutOff(2, false);
+  std::vector<uint64_t> answered;
+  v1::PublishStreamResponse r;
+  for (int i = 0; i < 3; ++i) {
+    ASSERT_TRUE(s->Read(&r));
+    answered.push_back(r.request_id());
+    EXPECT_FALSE(r.publish().results(0).has_error()) << r.publish().results(0).error().message();
+  }
+  EXPECT_EQ(answered, (std::vector<uint64_t>{1, 2, 3})) << "one at a time: in order";
+  ASSERT_TRUE(s->WritesDone());
   EXPECT_TRUE(s->Finish().ok());
 }
 
