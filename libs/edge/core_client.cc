@@ -98,10 +98,175 @@ struct CoreClient::PartitionQueue {
 struct CoreClient::Call {
   uint32_t partition = 0;
   size_t server = 0;
-  grpc::ClientContext ctx;
-  v1::PublishRequest request;
+  grpc::ClientContext ctx;           // a unary Publish's
+  v1::PublishStreamRequest request;  // the request in `publish`; the id on a PublishStream
   v1::PublishResponse response;
-  size_t count = 0;  // items at the front of the partition queue this call carries
+  size_t count = 0;        // items at the front of the partition queue this call carries
+  Clock::time_point sent;  // on a PublishStream: when it was queued for writing
+};
+
+// The PublishStream to one core node, carrying the Publish requests of every partition the edge
+// sends there (one stream instead of a call per request: docs/core.md, "Write path"). Requests
+// are written one at a time in the order they were sent; answers come back by request id.
+// gRPC may run a reaction inline from a Start call, so no Start call is made under a lock.
+// A hold keeps OnDone from running while a write may still be started: it is released once the
+// stream is over (its read failed) and no write is in progress.
+class CoreClient::PublishLane final
+    : public grpc::ClientBidiReactor<v1::PublishStreamRequest, v1::PublishStreamResponse> {
+ public:
+  // Binds the call (nothing starts before Start(); other threads may already Send).
+  PublishLane(CoreClient* client, size_t server) : client_(client), server_(server) {
+    client_->stubs_[server_]->async()->PublishStream(&ctx_, this);
+    AddHold();
+  }
+
+  // Once, after construction, outside the client's lock. `self` keeps the lane alive until
+  // OnDone.
+  void Start(std::shared_ptr<PublishLane> self) {
+    self_ = std::move(self);
+    StartRead(&response_);
+    StartCall();
+  }
+  void Cancel() { ctx_.TryCancel(); }
+
+  // Writes `call`'s request, or fails the call at once when the stream is already over.
+  void Send(Call* call) {
+    const v1::PublishStreamRequest* write = nullptr;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (!ended_) {
+        call->sent = Clock::now();
+        pending_[call->request.request_id()] = call;
+        writes_.push_back(&call->request);
+        if (!writing_) {
+          writing_ = true;
+          write = writes_.front();
+        }
+        call = nullptr;
+      }
+    }
+    if (call != nullptr) {
+      client_->OnPublishDone(call, grpc::Status(grpc::StatusCode::UNAVAILABLE, "stream ended"));
+      return;
+    }
+    if (write != nullptr) StartWrite(write);
+  }
+
+  // Fails the calls sent before `before` that have no answer yet (a late answer is ignored).
+  void Expire(Clock::time_point before) {
+    std::vector<Call*> expired;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      // The request being written stays (gRPC holds it until the write completes); one still
+      // queued leaves the queue with its call.
+      const v1::PublishStreamRequest* being_written = writing_ ? writes_.front() : nullptr;
+      for (auto it = pending_.begin(); it != pending_.end();) {
+        Call* call = it->second;
+        if (call->sent >= before || &call->request == being_written) {
+          ++it;
+          continue;
+        }
+        auto queued = std::find(writes_.begin(), writes_.end(), &call->request);
+        if (queued != writes_.end()) writes_.erase(queued);
+        expired.push_back(call);
+        it = pending_.erase(it);
+      }
+    }
+    for (Call* c : expired) {
+      client_->OnPublishDone(
+          c, grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "no answer on the publish stream"));
+    }
+  }
+
+  void OnWriteDone(bool ok) override {
+    const v1::PublishStreamRequest* next = nullptr;
+    bool release = false;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      writes_.pop_front();
+      if (!ok) writes_.clear();  // the stream broke: its calls fail in OnDone
+      if (!writes_.empty() && !ended_) {
+        next = writes_.front();
+      } else {
+        writing_ = false;
+        release = ended_;
+      }
+    }
+    if (next != nullptr) StartWrite(next);
+    if (release) RemoveHold();
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) {  // the stream is over; OnDone follows (once no write is in progress)
+      bool release;
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        ended_ = true;
+        release = !writing_;
+      }
+      if (release) RemoveHold();
+      return;
+    }
+    Call* call = nullptr;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      auto it = pending_.find(response_.request_id());
+      if (it != pending_.end()) {
+        call = it->second;
+        pending_.erase(it);
+      }
+    }
+    if (call != nullptr) {
+      grpc::Status st;
+      if (response_.has_error()) {
+        st = grpc::Status(response_.error().code() == v1::ERROR_CODE_INVALID_ARGUMENT
+                              ? grpc::StatusCode::INVALID_ARGUMENT
+                              : grpc::StatusCode::INTERNAL,
+                          response_.error().message());
+      }
+      call->response.Swap(response_.mutable_publish());
+      client_->OnPublishDone(call, st);
+    }
+    StartRead(&response_);
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    std::map<uint64_t, Call*> failed;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      failed.swap(pending_);
+    }
+    {
+      std::lock_guard<std::mutex> l(client_->mu_);
+      if (client_->lanes_[server_].get() == this) client_->lanes_[server_].reset();
+      // A core that does not know PublishStream (an older version) gets unary calls from now
+      // on; the failed calls are retried there.
+      if (status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
+        client_->unary_publish_[server_] = true;
+      }
+    }
+    grpc::Status why = status;
+    if (status.ok()) why = grpc::Status(grpc::StatusCode::UNAVAILABLE, "publish stream ended");
+    for (auto& [id, call] : failed) client_->OnPublishDone(call, why);
+    {
+      std::lock_guard<std::mutex> l(client_->mu_);
+      --client_->lanes_alive_;
+      client_->cv_.notify_all();
+    }
+    self_.reset();  // may delete this: the last statement
+  }
+
+ private:
+  CoreClient* const client_;
+  const size_t server_;
+  grpc::ClientContext ctx_;
+  v1::PublishStreamResponse response_;
+  std::shared_ptr<PublishLane> self_;
+  std::mutex mu_;
+  bool ended_ ABSL_GUARDED_BY(mu_) = false;
+  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  std::deque<const v1::PublishStreamRequest*> writes_ ABSL_GUARDED_BY(mu_);
+  std::map<uint64_t, Call*> pending_ ABSL_GUARDED_BY(mu_);
 };
 
 struct CoreClient::Stream {
@@ -130,6 +295,8 @@ CoreClient::CoreClient(CoreClientOptions options, DeliveryCallback on_delivery)
   }
   uint64_t producer = RandomProducerId();
   std::lock_guard<std::mutex> l(mu_);
+  lanes_.resize(stubs_.size());
+  unary_publish_.assign(stubs_.size(), false);
   for (uint32_t p = 0; p < options_.partitions; ++p) {
     auto q = std::make_unique<PartitionQueue>();
     q->producer_id = producer;
@@ -149,6 +316,7 @@ absl::Status CoreClient::Start() {
     RunTimers();
   });
   RunAfter(options_.lease_renew_interval, [this] { RenewLeases(); });
+  RunAfter(ExpiryCheckInterval(), [this] { ExpirePublishes(); });
   {
     std::lock_guard<std::mutex> l(mu_);
     for (size_t i = 0; i < stubs_.size(); ++i) {
@@ -181,6 +349,9 @@ void CoreClient::Shutdown() {
       for (auto& item : q->queue) failed.push_back(item.pending);
     }
     for (Call* c : calls_) c->ctx.TryCancel();
+    for (auto& lane : lanes_) {
+      if (lane != nullptr) lane->Cancel();
+    }
     for (grpc::ClientContext* c : unary_calls_) c->TryCancel();
     for (auto& s : streams_) {
       if (s->ctx) s->ctx->TryCancel();
@@ -194,7 +365,7 @@ void CoreClient::Shutdown() {
   if (timer_thread_.joinable()) timer_thread_.join();
   std::unique_lock<std::mutex> l(mu_);
   cv_.wait(l, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    return calls_.empty() && unary_calls_.empty();
+    return calls_.empty() && unary_calls_.empty() && lanes_alive_ == 0;
   });
   for (auto& q : queues_) q->queue.clear();
   filter_waiters_.clear();
@@ -268,6 +439,7 @@ void CoreClient::Publish(std::vector<v1::Message> messages, PublishCallback done
       for (uint32_t p : touched) MaybeSendLocked(p);
     }
   }
+  SendQueued();
   if (!refused.ok()) FinishPending(pending, refused);
 }
 
@@ -291,17 +463,62 @@ void CoreClient::MaybeSendLocked(uint32_t partition) {
   auto* call = new Call();
   call->partition = partition;
   call->server = q.leader;
+  v1::PublishRequest* request = call->request.mutable_publish();
   for (auto& item : q.queue) {
     if (call->count >= options_.max_batch) break;
-    *call->request.add_messages() = item.message;
+    *request->add_messages() = item.message;
     ++call->count;
   }
-  call->ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
   q.in_flight = true;
   calls_.insert(call);
+  if (!unary_publish_[call->server]) {
+    call->request.set_request_id(++next_request_id_);
+    to_send_.push_back(call);  // SendQueued() writes it, outside the lock
+    return;
+  }
+  call->ctx.set_deadline(std::chrono::system_clock::now() + options_.publish_request_timeout);
   stubs_[call->server]->async()->Publish(
-      &call->ctx, &call->request, &call->response,
+      &call->ctx, request, &call->response,
       [this, call](grpc::Status status) { OnPublishDone(call, status); });
+}
+
+void CoreClient::SendQueued() {
+  std::vector<std::pair<std::shared_ptr<PublishLane>, Call*>> sends;
+  std::vector<std::shared_ptr<PublishLane>> fresh;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    if (to_send_.empty()) return;
+    for (Call* call : to_send_) {
+      std::shared_ptr<PublishLane>& lane = lanes_[call->server];
+      if (lane == nullptr && !shutdown_) {
+        lane = std::make_shared<PublishLane>(this, call->server);
+        ++lanes_alive_;
+        fresh.push_back(lane);
+      }
+      sends.emplace_back(lane, call);
+    }
+    to_send_.clear();
+  }
+  for (auto& lane : fresh) lane->Start(lane);
+  for (auto& [lane, call] : sends) {
+    if (lane == nullptr) {  // shutting down
+      OnPublishDone(call, grpc::Status(grpc::StatusCode::UNAVAILABLE, "edge shutting down"));
+    } else {
+      lane->Send(call);
+    }
+  }
+}
+
+void CoreClient::ExpirePublishes() {
+  std::vector<std::shared_ptr<PublishLane>> lanes;
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    for (auto& lane : lanes_) {
+      if (lane != nullptr) lanes.push_back(lane);
+    }
+  }
+  for (auto& lane : lanes) lane->Expire(Clock::now() - options_.publish_request_timeout);
+  RunAfter(ExpiryCheckInterval(), [this] { ExpirePublishes(); });
 }
 
 size_t CoreClient::LeaderIndexLocked(uint32_t, const v1::ErrorInfo* error, size_t current) {
@@ -418,9 +635,12 @@ void CoreClient::OnPublishDone(Call* call, const grpc::Status& status) {
         uint32_t after =
             error != nullptr && error->retry_after_ms() > 0 ? error->retry_after_ms() : 50;
         timers_.emplace(now + std::chrono::milliseconds(after), [this, partition] {
-          std::lock_guard<std::mutex> l(mu_);
-          queues_[partition]->retry_scheduled = false;
-          MaybeSendLocked(partition);
+          {
+            std::lock_guard<std::mutex> l(mu_);
+            queues_[partition]->retry_scheduled = false;
+            MaybeSendLocked(partition);
+          }
+          SendQueued();
         });
         cv_.notify_all();
       }
@@ -428,6 +648,7 @@ void CoreClient::OnPublishDone(Call* call, const grpc::Status& status) {
     MaybeSendLocked(call->partition);
     cv_.notify_all();
   }
+  SendQueued();
   for (auto& [p, s] : finished) FinishPending(p, s);
   // Only now may Shutdown() see the call gone: this callback touches the client until here.
   std::lock_guard<std::mutex> l(mu_);
@@ -805,8 +1026,8 @@ void CoreClient::CallLeader(std::shared_ptr<Unary<Req, Resp>> call) {
     } else {
       call->server = queues_[call->partition]->leader;
       call->ctx = std::make_unique<grpc::ClientContext>();
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(call->deadline -
-                                                                        Clock::now());
+      auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(call->deadline - Clock::now());
       left = std::clamp(left, std::chrono::milliseconds(50), std::chrono::milliseconds(5000));
       call->ctx->set_deadline(std::chrono::system_clock::now() + left);
       call->response.Clear();
@@ -842,7 +1063,8 @@ void CoreClient::CallLeader(std::shared_ptr<Unary<Req, Resp>> call) {
                        queues_[call->partition]->leader = next;
                      }
                      int backoff = std::min(20 * call->attempts, 500);
-                     if (err != nullptr && err->retry_after_ms() > 0) backoff = err->retry_after_ms();
+                     if (err != nullptr && err->retry_after_ms() > 0)
+                       backoff = err->retry_after_ms();
                      timers_.emplace(Clock::now() + std::chrono::milliseconds(backoff),
                                      [this, call] { CallLeader(call); });
                      cv_.notify_all();
@@ -960,8 +1182,7 @@ void CoreClient::GetRetained(std::vector<std::string> filters, uint32_t max_mess
             if (scan->messages.size() >= scan->max_messages) break;
             scan->messages.push_back(std::move(m));
           }
-          if (!r.next_after_topic().empty() && scan->messages.size() < scan->max_messages &&
-              self) {
+          if (!r.next_after_topic().empty() && scan->messages.size() < scan->max_messages && self) {
             self->request.mutable_queries(0)->set_after_topic(r.next_after_topic());
             self->attempts = 0;
             self->deadline = Clock::now() + options_.request_timeout;

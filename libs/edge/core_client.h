@@ -3,6 +3,8 @@
 // Publishing: messages are queued per partition and sent to the partition's leader (learned
 // from NOT_LEADER hints), at most one Publish request in flight per partition; whatever queued
 // while a request was in flight goes out in the next one, so concurrent publishes are batched.
+// The requests to one core node share a PublishStream (unary Publish calls to a node that
+// answers it UNIMPLEMENTED, an older version).
 // Every message carries this edge's producer id and the partition's next sequence number, and a
 // retry resends the same (producer id, sequence), so the core appends it at most once.
 //
@@ -18,13 +20,14 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <map>
-#include <optional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -48,6 +51,9 @@ struct CoreClientOptions {
   // A publish that is not acknowledged within this time fails with DEADLINE_EXCEEDED (its
   // outcome is then unknown).
   std::chrono::milliseconds publish_timeout{15000};
+  // A Publish request (a unary call, or one on a PublishStream) unanswered after this long is
+  // given up and sent again (same producer id and sequences, so it is committed at most once).
+  std::chrono::milliseconds publish_request_timeout{5000};
   // The most messages in one Publish request.
   size_t max_batch = 256;
   // Messages waiting per partition (queued or in flight); a Publish beyond it fails at once
@@ -119,9 +125,20 @@ class CoreClient final : public CoreApi {
   struct PartitionQueue;
   struct Stream;
   struct Call;
+  class PublishLane;
 
   // Publishing.
+  // Starts the partition's next request if it may; one for a PublishStream is only queued in
+  // `to_send_`: the caller runs SendQueued() once it released mu_.
   void MaybeSendLocked(uint32_t partition) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void SendQueued() ABSL_LOCKS_EXCLUDED(mu_);
+  // Fails the requests on PublishStreams that went unanswered too long; runs every
+  // ExpiryCheckInterval().
+  void ExpirePublishes();
+  std::chrono::milliseconds ExpiryCheckInterval() const {
+    return std::clamp(options_.publish_request_timeout / 10, std::chrono::milliseconds(10),
+                      std::chrono::milliseconds(500));
+  }
   void OnPublishDone(Call* call, const grpc::Status& status);
   void FinishPending(const std::shared_ptr<Pending>& p, const absl::Status& s);
   size_t LeaderIndexLocked(uint32_t partition, const v1::ErrorInfo* error, size_t current)
@@ -164,6 +181,14 @@ class CoreClient final : public CoreApi {
   // Publishing state.
   std::vector<std::unique_ptr<PartitionQueue>> queues_ ABSL_GUARDED_BY(mu_);
   std::set<Call*> calls_ ABSL_GUARDED_BY(mu_);
+  // Requests for PublishStreams, not yet handed to their lane (see MaybeSendLocked).
+  std::vector<Call*> to_send_ ABSL_GUARDED_BY(mu_);
+  // Per core address: the current PublishStream (null until the next request opens one),
+  // whether the node takes only unary Publish calls.
+  std::vector<std::shared_ptr<PublishLane>> lanes_ ABSL_GUARDED_BY(mu_);
+  std::vector<bool> unary_publish_ ABSL_GUARDED_BY(mu_);
+  int lanes_alive_ ABSL_GUARDED_BY(mu_) = 0;  // lanes not done yet (Shutdown waits for them)
+  uint64_t next_request_id_ ABSL_GUARDED_BY(mu_) = 0;
   std::set<grpc::ClientContext*> unary_calls_ ABSL_GUARDED_BY(mu_);
   // Held from the allocation of a SubscribeChange id to its write (and while a stream starts),
   // so every stream receives changes in id order and none falls between a stream's start message

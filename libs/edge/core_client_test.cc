@@ -202,5 +202,141 @@ TEST_F(CoreClientTest, RetainedLookupSaysHowFarLiveDeliveryWasEvaluated) {
   EXPECT_GE(third->live_through.at(p), two);
 }
 
+// A core stand-in whose publish behaviour the tests choose: unary Publish only (an older core),
+// or a PublishStream that breaks its first stream, or leaves one request unanswered.
+class FakeCore final : public v1::Broker::Service {
+ public:
+  enum class Mode { kUnaryOnly, kBreakFirstStream, kIgnoreFirstRequest };
+  explicit FakeCore(Mode mode) : mode_(mode) {}
+
+  grpc::Status Publish(grpc::ServerContext*, const v1::PublishRequest* request,
+                       v1::PublishResponse* response) override {
+    std::lock_guard<std::mutex> l(mu_);
+    ++unary_calls;
+    Answer(*request, response);
+    return grpc::Status::OK;
+  }
+  grpc::Status PublishStream(grpc::ServerContext*,
+                             grpc::ServerReaderWriter<v1::PublishStreamResponse,
+                                                      v1::PublishStreamRequest>* stream) override {
+    int number;
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (mode_ == Mode::kUnaryOnly) {
+        return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "no PublishStream here");
+      }
+      number = ++streams;
+    }
+    v1::PublishStreamRequest req;
+    while (stream->Read(&req)) {
+      v1::PublishStreamResponse resp;
+      resp.set_request_id(req.request_id());
+      {
+        std::lock_guard<std::mutex> l(mu_);
+        ++stream_requests;
+        if (mode_ == Mode::kBreakFirstStream && number == 1) {
+          return grpc::Status(grpc::StatusCode::UNAVAILABLE, "stream broken");
+        }
+        if (mode_ == Mode::kIgnoreFirstRequest && stream_requests == 1) continue;
+        Answer(req.publish(), resp.mutable_publish());
+      }
+      if (!stream->Write(resp)) break;
+    }
+    return grpc::Status::OK;
+  }
+
+  std::mutex mu_;
+  int unary_calls = 0, streams = 0, stream_requests = 0;
+  // (producer id, sequence) of every message appended, in order; a resent one is not appended
+  // again, as the core's dedup would.
+  std::vector<std::pair<uint64_t, uint64_t>> appended;
+
+ private:
+  void Answer(const v1::PublishRequest& request, v1::PublishResponse* response) {
+    for (const v1::Message& m : request.messages()) {
+      v1::PublishResult* r = response->add_results();
+      r->set_partition(PartitionFor(m.topic(), 4));
+      auto key = std::make_pair(m.producer_id(), m.sequence());
+      if (std::find(appended.begin(), appended.end(), key) == appended.end()) {
+        appended.push_back(key);
+      } else {
+        r->set_duplicate(true);
+      }
+      r->set_offset(appended.size());
+    }
+  }
+  const Mode mode_;
+};
+
+class CoreClientFakeCoreTest : public ::testing::TestWithParam<FakeCore::Mode> {
+ protected:
+  void SetUp() override {
+    core_ = std::make_unique<FakeCore>(GetParam());
+    grpc::ServerBuilder b;
+    int port = 0;
+    b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+    b.RegisterService(core_.get());
+    server_ = b.BuildAndStart();
+    ASSERT_NE(port, 0);
+    CoreClientOptions o;
+    o.addresses = {"127.0.0.1:" + std::to_string(port)};
+    o.partitions = 4;
+    o.publish_request_timeout = 300ms;
+    client_ = std::make_unique<CoreClient>(o, [](const std::vector<v1::Message*>&) {});
+    ASSERT_TRUE(client_->Start().ok());
+  }
+  void TearDown() override {
+    client_.reset();
+    server_->Shutdown(std::chrono::system_clock::now() + 1s);
+  }
+  absl::Status PublishOne(const std::string& payload) {
+    v1::Message m;
+    m.set_topic("f/1");
+    m.set_payload(payload);
+    std::promise<absl::Status> done;
+    client_->Publish({m}, [&](const absl::Status& s) { done.set_value(s); });
+    auto f = done.get_future();
+    if (f.wait_for(10s) != std::future_status::ready) return absl::DeadlineExceededError("hung");
+    return f.get();
+  }
+
+  std::unique_ptr<FakeCore> core_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<CoreClient> client_;
+};
+
+// Whatever the core does with the stream, every publish succeeds and each message is appended
+// once, in order.
+TEST_P(CoreClientFakeCoreTest, PublishesAreCommittedOnceWhateverTheStreamDoes) {
+  for (int i = 0; i < 5; ++i) {
+    absl::Status s = PublishOne("p" + std::to_string(i));
+    ASSERT_TRUE(s.ok()) << i << ": " << s;
+  }
+  std::lock_guard<std::mutex> l(core_->mu_);
+  ASSERT_EQ(core_->appended.size(), 5u);
+  for (size_t i = 0; i < 5; ++i) EXPECT_EQ(core_->appended[i].second, i + 1);
+  switch (GetParam()) {
+    case FakeCore::Mode::kUnaryOnly:  // one refused stream, then unary calls only
+      EXPECT_EQ(core_->stream_requests, 0);
+      EXPECT_EQ(core_->unary_calls, 5);
+      break;
+    case FakeCore::Mode::kBreakFirstStream:  // the first request again on a second stream
+      EXPECT_EQ(core_->streams, 2);
+      EXPECT_EQ(core_->stream_requests, 6);
+      EXPECT_EQ(core_->unary_calls, 0);
+      break;
+    case FakeCore::Mode::kIgnoreFirstRequest:  // given up after 300 ms, sent again
+      EXPECT_EQ(core_->streams, 1);
+      EXPECT_EQ(core_->stream_requests, 6);
+      EXPECT_EQ(core_->unary_calls, 0);
+      break;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, CoreClientFakeCoreTest,
+                         ::testing::Values(FakeCore::Mode::kUnaryOnly,
+                                           FakeCore::Mode::kBreakFirstStream,
+                                           FakeCore::Mode::kIgnoreFirstRequest));
+
 }  // namespace
 }  // namespace herald::edge
