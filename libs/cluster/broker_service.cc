@@ -1,7 +1,6 @@
 #include "libs/cluster/broker_service.h"
 
 #include <atomic>
-#include <deque>
 #include <memory>
 
 #include "absl/strings/str_join.h"
@@ -182,13 +181,14 @@ grpc::ServerUnaryReactor* BrokerService::Publish(grpc::CallbackServerContext* ct
   return reactor;
 }
 
-// One PublishStream: reads a request, starts it, and reads the next while fewer than
-// `max_stream_inflight` requests of fewer than `max_stream_inflight_bytes` are unanswered; answers
-// are written one at a time, in completion order. gRPC allows one outstanding read and one
-// outstanding write per stream, and may run a reaction inline from a Start call made on a thread of
-// ours, so no Start call is made under `mu_`. The stream finishes once the client half-closed (or
-// the call broke) and every request it started has completed: the completions reference this
-// reactor.
+// One PublishStream: reads a stream message, starts its requests, and reads the next while
+// fewer than `max_stream_inflight` requests of fewer than `max_stream_inflight_bytes` are
+// unanswered. Answers are written in completion order: one stream message at a time, holding
+// every answer that came while the previous one was being written. gRPC allows one outstanding
+// read and one outstanding write per stream, and may run a reaction inline from a Start call made
+// on a thread of ours, so no Start call is made under `mu_`. The stream finishes once the client
+// half-closed (or the call broke) and every request it started has completed: the completions
+// reference this reactor.
 class BrokerService::PublishStreamReactor final
     : public grpc::ServerBidiReactor<v1::PublishStreamRequest, v1::PublishStreamResponse> {
  public:
@@ -207,26 +207,7 @@ class BrokerService::PublishStreamReactor final
       if (finish) Finish(FinalStatus());
       return;
     }
-    auto* response = new v1::PublishStreamResponse();
-    response->set_request_id(request_.request_id());
-    const uint64_t bytes = request_.publish().ByteSizeLong();
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      ++inflight_;
-      inflight_bytes_ += bytes;
-    }
-    grpc::Status st =
-        service_.StartPublish(request_.publish(), response->mutable_publish(),
-                              [this, response, bytes] { Completed(response, bytes); });
-    if (!st.ok()) {
-      response->clear_publish();
-      SetError(response->mutable_error(),
-               st.error_code() == grpc::StatusCode::INVALID_ARGUMENT
-                   ? v1::ERROR_CODE_INVALID_ARGUMENT
-                   : v1::ERROR_CODE_INTERNAL,
-               st.error_message());
-      Completed(response, bytes);
-    }
+    for (v1::StreamedPublish& r : *request_.mutable_requests()) Start(r);
     bool read;
     {
       std::lock_guard<std::mutex> l(mu_);
@@ -241,15 +222,14 @@ class BrokerService::PublishStreamReactor final
     bool finish;
     {
       std::lock_guard<std::mutex> l(mu_);
-      answers_.pop_front();
-      if (!ok) {  // the call is broken: nobody reads the rest
-        broken_ = true;
-        answers_.clear();
-      }
-      if (!answers_.empty()) {
-        next = answers_.front().get();
+      if (!ok) broken_ = true;  // the call is broken: nobody reads the rest
+      if (!broken_ && next_.answers_size() > 0) {
+        writing_.Swap(&next_);
+        next_.Clear();
+        next = &writing_;
       } else {
-        writing_ = false;
+        next_.Clear();
+        write_in_progress_ = false;
       }
       finish = FinishNowLocked();
     }
@@ -260,9 +240,30 @@ class BrokerService::PublishStreamReactor final
   void OnDone() override { delete this; }
 
  private:
+  void Start(v1::StreamedPublish& r) {
+    auto* answer = new v1::StreamedPublishAnswer();
+    answer->set_request_id(r.request_id());
+    const uint64_t bytes = r.publish().ByteSizeLong();
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      ++inflight_;
+      inflight_bytes_ += bytes;
+    }
+    grpc::Status st = service_.StartPublish(r.publish(), answer->mutable_publish(),
+                                            [this, answer, bytes] { Completed(answer, bytes); });
+    if (!st.ok()) {
+      answer->clear_publish();
+      SetError(answer->mutable_error(),
+               st.error_code() == grpc::StatusCode::INVALID_ARGUMENT
+                   ? v1::ERROR_CODE_INVALID_ARGUMENT
+                   : v1::ERROR_CODE_INTERNAL,
+               st.error_message());
+      Completed(answer, bytes);
+    }
+  }
+
   // A request has its answer (on the Raft host's thread, or on gRPC's).
-  void Completed(v1::PublishStreamResponse* response, uint64_t bytes) {
-    std::unique_ptr<v1::PublishStreamResponse> owned(response);
+  void Completed(v1::StreamedPublishAnswer* answer, uint64_t bytes) {
     const v1::PublishStreamResponse* write = nullptr;
     bool read = false, finish;
     {
@@ -270,10 +271,13 @@ class BrokerService::PublishStreamReactor final
       --inflight_;
       inflight_bytes_ -= bytes;
       if (!broken_) {
-        answers_.push_back(std::move(owned));
-        if (!writing_) {
-          writing_ = true;
-          write = answers_.front().get();
+        next_.mutable_answers()->AddAllocated(answer);
+        answer = nullptr;
+        if (!write_in_progress_) {
+          write_in_progress_ = true;
+          writing_.Swap(&next_);
+          next_.Clear();
+          write = &writing_;
         }
       }
       if (read_paused_ && RoomLocked()) {
@@ -282,20 +286,21 @@ class BrokerService::PublishStreamReactor final
       }
       finish = FinishNowLocked();
     }
+    delete answer;  // not written: the call is broken
     if (write != nullptr) StartWrite(write);
     if (read) StartRead(&request_);
     if (finish) Finish(FinalStatus());
   }
 
-  // Whether another request may be read (at least one always may: the limits bound what is
-  // read ahead, not the size of one request).
+  // Whether another stream message may be read (one always may when nothing is unanswered: the
+  // limits bound what is read ahead, not the size of one message).
   bool RoomLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return inflight_ < service_.options_.max_stream_inflight &&
            inflight_bytes_ < service_.options_.max_stream_inflight_bytes;
   }
   // Whether the stream is over now (and this caller is the one to finish it).
   bool FinishNowLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (finished_ || !reads_done_ || inflight_ != 0 || writing_) return false;
+    if (finished_ || !reads_done_ || inflight_ != 0 || write_in_progress_) return false;
     finished_ = true;
     return true;
   }
@@ -311,11 +316,12 @@ class BrokerService::PublishStreamReactor final
   uint64_t inflight_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // their requests' serialized sizes
   bool read_paused_ ABSL_GUARDED_BY(mu_) = false;
   bool reads_done_ ABSL_GUARDED_BY(mu_) = false;
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
+  bool write_in_progress_ ABSL_GUARDED_BY(mu_) = false;
   bool broken_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  // Answers not written yet; the front one is being written while `writing_`.
-  std::deque<std::unique_ptr<v1::PublishStreamResponse>> answers_ ABSL_GUARDED_BY(mu_);
+  // The message being written (while write_in_progress_), and the answers for the next one.
+  v1::PublishStreamResponse writing_;
+  v1::PublishStreamResponse next_ ABSL_GUARDED_BY(mu_);
 };
 
 grpc::ServerBidiReactor<v1::PublishStreamRequest, v1::PublishStreamResponse>*

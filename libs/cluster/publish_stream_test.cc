@@ -94,8 +94,8 @@ class PublishStreamTest : public ::testing::Test {
       if (PartitionFor(t, kPartitions) == p) return t;
     }
   }
-  static v1::PublishStreamRequest Request(uint64_t id, const std::vector<std::string>& topics) {
-    v1::PublishStreamRequest r;
+  static v1::StreamedPublish Item(uint64_t id, const std::vector<std::string>& topics) {
+    v1::StreamedPublish r;
     r.set_request_id(id);
     for (const auto& t : topics) {
       v1::Message* m = r.mutable_publish()->add_messages();
@@ -103,6 +103,21 @@ class PublishStreamTest : public ::testing::Test {
       m->set_payload("m" + std::to_string(id));
     }
     return r;
+  }
+  // A stream message with one request.
+  static v1::PublishStreamRequest Request(uint64_t id, const std::vector<std::string>& topics) {
+    v1::PublishStreamRequest r;
+    *r.add_requests() = Item(id, topics);
+    return r;
+  }
+  // Reads stream messages until `n` answers came (false if the stream ended first).
+  static bool ReadAnswers(Stream* s, size_t n, std::vector<v1::StreamedPublishAnswer>* out) {
+    v1::PublishStreamResponse r;
+    while (out->size() < n) {
+      if (!s->Read(&r)) return false;
+      for (auto& a : *r.mutable_answers()) out->push_back(std::move(a));
+    }
+    return true;
   }
   uint64_t Proposals() { return nodes_[1].host->stats().proposals.load(); }
 
@@ -127,20 +142,29 @@ TEST_F(PublishStreamTest, EveryRequestGetsOneAnswerWithItsIdAndPublishsResults) 
   std::unique_ptr<Stream> s = stub_->PublishStream(&ctx);
   // 30 requests of three messages over all partitions, one with an invalid topic among them,
   // one with more messages than a request may carry.
-  std::map<uint64_t, v1::PublishStreamRequest> sent;
+  // Stream messages carry one, two or three requests in turn.
+  std::map<uint64_t, v1::StreamedPublish> sent;
+  v1::PublishStreamRequest message;
   for (uint64_t id = 100; id < 130; ++id) {
     auto p = static_cast<uint32_t>(id % kPartitions);
     std::vector<std::string> topics = {TopicOf(p), TopicOf((p + 1) % kPartitions), TopicOf(p, 1)};
     if (id == 107) topics[1] = "bad/+/topic";
     if (id == 111) topics.assign(21, TopicOf(p));
-    sent[id] = Request(id, topics);
-    ASSERT_TRUE(s->Write(sent[id]));
+    sent[id] = Item(id, topics);
+    *message.add_requests() = sent[id];
+    if (message.requests_size() == static_cast<int>(id % 3) + 1 || id == 129) {
+      ASSERT_TRUE(s->Write(message));
+      message.Clear();
+    }
   }
   ASSERT_TRUE(s->WritesDone());
-  std::map<uint64_t, v1::PublishStreamResponse> answers;
+  std::map<uint64_t, v1::StreamedPublishAnswer> answers;
   v1::PublishStreamResponse r;
   while (s->Read(&r)) {
-    EXPECT_TRUE(answers.emplace(r.request_id(), r).second) << "answered twice: " << r.request_id();
+    for (const auto& a : r.answers()) {
+      EXPECT_TRUE(answers.emplace(a.request_id(), a).second)
+          << "answered twice: " << a.request_id();
+    }
   }
   grpc::Status st = s->Finish();
   ASSERT_TRUE(st.ok()) << st.error_message();
@@ -183,9 +207,9 @@ TEST_F(PublishStreamTest, AStreamStartsNoMoreThanItsInflightLimitUntilAnswersCom
   // Warm the stream up (one answered request), then stop commits: node 1 cannot reach its
   // follower.
   ASSERT_TRUE(s->Write(Request(1, {TopicOf(0)})));
-  v1::PublishStreamResponse r;
-  ASSERT_TRUE(s->Read(&r));
-  ASSERT_FALSE(r.publish().results(0).has_error());
+  std::vector<v1::StreamedPublishAnswer> first;
+  ASSERT_TRUE(ReadAnswers(s.get(), 1, &first));
+  ASSERT_FALSE(first[0].publish().results(0).has_error());
   net_.CutOff(2, true);
   const uint64_t before = Proposals();
   // Three requests, each to its own partition (so none is merged into another's proposal).
@@ -197,15 +221,17 @@ TEST_F(PublishStreamTest, AStreamStartsNoMoreThanItsInflightLimitUntilAnswersCom
   std::this_thread::sleep_for(150ms);
   EXPECT_EQ(Proposals() - before, 2u);
   net_.CutOff(2, false);
+  std::vector<v1::StreamedPublishAnswer> got;
+  ASSERT_TRUE(ReadAnswers(s.get(), 3, &got));
   std::set<uint64_t> answered;
-  for (int i = 0; i < 3; ++i) {
-    ASSERT_TRUE(s->Read(&r));
-    answered.insert(r.request_id());
-    EXPECT_FALSE(r.publish().results(0).has_error()) << r.publish().results(0).error().message();
+  for (const auto& a : got) {
+    answered.insert(a.request_id());
+    EXPECT_FALSE(a.publish().results(0).has_error()) << a.publish().results(0).error().message();
   }
   EXPECT_EQ(answered, (std::set<uint64_t>{2, 3, 4}));
   EXPECT_EQ(Proposals() - before, 3u);
   ASSERT_TRUE(s->WritesDone());
+  v1::PublishStreamResponse r;
   EXPECT_FALSE(s->Read(&r));
   EXPECT_TRUE(s->Finish().ok());
 }
@@ -230,12 +256,12 @@ TEST_F(PublishStreamByteLimitTest, AStreamReadsNoFurtherOnceItsUnansweredBytesRe
   std::this_thread::sleep_for(150ms);
   EXPECT_EQ(Proposals() - before, 1u);
   net_.CutOff(2, false);
+  std::vector<v1::StreamedPublishAnswer> got;
+  ASSERT_TRUE(ReadAnswers(s.get(), 3, &got));
   std::vector<uint64_t> answered;
-  v1::PublishStreamResponse r;
-  for (int i = 0; i < 3; ++i) {
-    ASSERT_TRUE(s->Read(&r));
-    answered.push_back(r.request_id());
-    EXPECT_FALSE(r.publish().results(0).has_error()) << r.publish().results(0).error().message();
+  for (const auto& a : got) {
+    answered.push_back(a.request_id());
+    EXPECT_FALSE(a.publish().results(0).has_error()) << a.publish().results(0).error().message();
   }
   EXPECT_EQ(answered, (std::vector<uint64_t>{1, 2, 3})) << "one at a time: in order";
   ASSERT_TRUE(s->WritesDone());
@@ -261,12 +287,13 @@ TEST_F(PublishStreamTest, ACancelledStreamWithRequestsInFlightEndsOnceTheyComple
   grpc::ClientContext ctx2;
   std::unique_ptr<Stream> s2 = stub_->PublishStream(&ctx2);
   ASSERT_TRUE(s2->Write(Request(3, {TopicOf(0)})));
-  v1::PublishStreamResponse r;
-  ASSERT_TRUE(s2->Read(&r));
-  EXPECT_EQ(r.request_id(), 3u);
-  ASSERT_EQ(r.publish().results_size(), 1);
-  EXPECT_FALSE(r.publish().results(0).has_error());
-  EXPECT_EQ(r.publish().results(0).offset(), 2u) << "the cancelled stream's message comes first";
+  std::vector<v1::StreamedPublishAnswer> got;
+  ASSERT_TRUE(ReadAnswers(s2.get(), 1, &got));
+  EXPECT_EQ(got[0].request_id(), 3u);
+  ASSERT_EQ(got[0].publish().results_size(), 1);
+  EXPECT_FALSE(got[0].publish().results(0).has_error());
+  EXPECT_EQ(got[0].publish().results(0).offset(), 2u)
+      << "the cancelled stream's message comes first";
   ASSERT_TRUE(s2->WritesDone());
   EXPECT_TRUE(s2->Finish().ok());
   // Shutdown waits for every stream's reactor to finish (cancelling them at the deadline): the

@@ -95,178 +95,21 @@ struct CoreClient::PartitionQueue {
   bool retry_scheduled = false;
 };
 
-struct CoreClient::Call {
+struct CoreClient::Call final : PublishLane::Waiter {
+  CoreClient* client = nullptr;
   uint32_t partition = 0;
   size_t server = 0;
-  grpc::ClientContext ctx;           // a unary Publish's
-  v1::PublishStreamRequest request;  // the request in `publish`; the id on a PublishStream
+  grpc::ClientContext ctx;  // a unary Publish's
+  v1::PublishRequest request;
   v1::PublishResponse response;
-  size_t count = 0;        // items at the front of the partition queue this call carries
-  Clock::time_point sent;  // on a PublishStream: when it was queued for writing
-};
+  size_t count = 0;  // items at the front of the partition queue this call carries
+  uint64_t id = 0;   // on a PublishStream
 
-// The PublishStream to one core node, carrying the Publish requests of every partition the edge
-// sends there (one stream instead of a call per request: docs/core.md, "Write path"). Requests
-// are written one at a time in the order they were sent; answers come back by request id.
-// gRPC may run a reaction inline from a Start call, so no Start call is made under a lock.
-// A hold keeps OnDone from running while a write may still be started: it is released once the
-// stream is over (its read failed) and no write is in progress.
-class CoreClient::PublishLane final
-    : public grpc::ClientBidiReactor<v1::PublishStreamRequest, v1::PublishStreamResponse> {
- public:
-  // Binds the call (nothing starts before Start(); other threads may already Send).
-  PublishLane(CoreClient* client, size_t server) : client_(client), server_(server) {
-    client_->stubs_[server_]->async()->PublishStream(&ctx_, this);
-    AddHold();
+  // On a PublishStream.
+  void Answered(const grpc::Status& status, v1::PublishResponse* r) override {
+    if (r != nullptr) response.Swap(r);
+    client->OnPublishDone(this, status);
   }
-
-  // Once, after construction, outside the client's lock. `self` keeps the lane alive until
-  // OnDone.
-  void Start(std::shared_ptr<PublishLane> self) {
-    self_ = std::move(self);
-    StartRead(&response_);
-    StartCall();
-  }
-  void Cancel() { ctx_.TryCancel(); }
-
-  // Writes `call`'s request, or fails the call at once when the stream is already over.
-  void Send(Call* call) {
-    const v1::PublishStreamRequest* write = nullptr;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      if (!ended_) {
-        call->sent = Clock::now();
-        pending_[call->request.request_id()] = call;
-        writes_.push_back(&call->request);
-        if (!writing_) {
-          writing_ = true;
-          write = writes_.front();
-        }
-        call = nullptr;
-      }
-    }
-    if (call != nullptr) {
-      client_->OnPublishDone(call, grpc::Status(grpc::StatusCode::UNAVAILABLE, "stream ended"));
-      return;
-    }
-    if (write != nullptr) StartWrite(write);
-  }
-
-  // Fails the calls sent before `before` that have no answer yet (a late answer is ignored).
-  void Expire(Clock::time_point before) {
-    std::vector<Call*> expired;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      // The request being written stays (gRPC holds it until the write completes); one still
-      // queued leaves the queue with its call.
-      const v1::PublishStreamRequest* being_written = writing_ ? writes_.front() : nullptr;
-      for (auto it = pending_.begin(); it != pending_.end();) {
-        Call* call = it->second;
-        if (call->sent >= before || &call->request == being_written) {
-          ++it;
-          continue;
-        }
-        auto queued = std::find(writes_.begin(), writes_.end(), &call->request);
-        if (queued != writes_.end()) writes_.erase(queued);
-        expired.push_back(call);
-        it = pending_.erase(it);
-      }
-    }
-    for (Call* c : expired) {
-      client_->OnPublishDone(
-          c, grpc::Status(grpc::StatusCode::DEADLINE_EXCEEDED, "no answer on the publish stream"));
-    }
-  }
-
-  void OnWriteDone(bool ok) override {
-    const v1::PublishStreamRequest* next = nullptr;
-    bool release = false;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      writes_.pop_front();
-      if (!ok) writes_.clear();  // the stream broke: its calls fail in OnDone
-      if (!writes_.empty() && !ended_) {
-        next = writes_.front();
-      } else {
-        writing_ = false;
-        release = ended_;
-      }
-    }
-    if (next != nullptr) StartWrite(next);
-    if (release) RemoveHold();
-  }
-
-  void OnReadDone(bool ok) override {
-    if (!ok) {  // the stream is over; OnDone follows (once no write is in progress)
-      bool release;
-      {
-        std::lock_guard<std::mutex> l(mu_);
-        ended_ = true;
-        release = !writing_;
-      }
-      if (release) RemoveHold();
-      return;
-    }
-    Call* call = nullptr;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      auto it = pending_.find(response_.request_id());
-      if (it != pending_.end()) {
-        call = it->second;
-        pending_.erase(it);
-      }
-    }
-    if (call != nullptr) {
-      grpc::Status st;
-      if (response_.has_error()) {
-        st = grpc::Status(response_.error().code() == v1::ERROR_CODE_INVALID_ARGUMENT
-                              ? grpc::StatusCode::INVALID_ARGUMENT
-                              : grpc::StatusCode::INTERNAL,
-                          response_.error().message());
-      }
-      call->response.Swap(response_.mutable_publish());
-      client_->OnPublishDone(call, st);
-    }
-    StartRead(&response_);
-  }
-
-  void OnDone(const grpc::Status& status) override {
-    std::map<uint64_t, Call*> failed;
-    {
-      std::lock_guard<std::mutex> l(mu_);
-      failed.swap(pending_);
-    }
-    {
-      std::lock_guard<std::mutex> l(client_->mu_);
-      if (client_->lanes_[server_].get() == this) client_->lanes_[server_].reset();
-      // A core that does not know PublishStream (an older version) gets unary calls from now
-      // on; the failed calls are retried there.
-      if (status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
-        client_->unary_publish_[server_] = true;
-      }
-    }
-    grpc::Status why = status;
-    if (status.ok()) why = grpc::Status(grpc::StatusCode::UNAVAILABLE, "publish stream ended");
-    for (auto& [id, call] : failed) client_->OnPublishDone(call, why);
-    {
-      std::lock_guard<std::mutex> l(client_->mu_);
-      --client_->lanes_alive_;
-      client_->cv_.notify_all();
-    }
-    self_.reset();  // may delete this: the last statement
-  }
-
- private:
-  CoreClient* const client_;
-  const size_t server_;
-  grpc::ClientContext ctx_;
-  v1::PublishStreamResponse response_;
-  std::shared_ptr<PublishLane> self_;
-  std::mutex mu_;
-  bool ended_ ABSL_GUARDED_BY(mu_) = false;
-  bool writing_ ABSL_GUARDED_BY(mu_) = false;
-  std::deque<const v1::PublishStreamRequest*> writes_ ABSL_GUARDED_BY(mu_);
-  std::map<uint64_t, Call*> pending_ ABSL_GUARDED_BY(mu_);
 };
 
 struct CoreClient::Stream {
@@ -463,22 +306,22 @@ void CoreClient::MaybeSendLocked(uint32_t partition) {
   auto* call = new Call();
   call->partition = partition;
   call->server = q.leader;
-  v1::PublishRequest* request = call->request.mutable_publish();
+  call->client = this;
   for (auto& item : q.queue) {
     if (call->count >= options_.max_batch) break;
-    *request->add_messages() = item.message;
+    *call->request.add_messages() = item.message;
     ++call->count;
   }
   q.in_flight = true;
   calls_.insert(call);
   if (!unary_publish_[call->server]) {
-    call->request.set_request_id(++next_request_id_);
+    call->id = ++next_request_id_;
     to_send_.push_back(call);  // SendQueued() writes it, outside the lock
     return;
   }
   call->ctx.set_deadline(std::chrono::system_clock::now() + options_.publish_request_timeout);
   stubs_[call->server]->async()->Publish(
-      &call->ctx, request, &call->response,
+      &call->ctx, &call->request, &call->response,
       [this, call](grpc::Status status) { OnPublishDone(call, status); });
 }
 
@@ -491,7 +334,23 @@ void CoreClient::SendQueued() {
     for (Call* call : to_send_) {
       std::shared_ptr<PublishLane>& lane = lanes_[call->server];
       if (lane == nullptr && !shutdown_) {
-        lane = std::make_shared<PublishLane>(this, call->server);
+        const size_t server = call->server;
+        lane = std::make_shared<PublishLane>(
+            stubs_[server].get(),
+            [this, server](PublishLane* ended, const grpc::Status& status) {
+              std::lock_guard<std::mutex> l(mu_);
+              if (lanes_[server].get() == ended) lanes_[server].reset();
+              // A core that does not know PublishStream (an older version) gets unary calls
+              // from now on; the failed requests are retried there.
+              if (status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
+                unary_publish_[server] = true;
+              }
+            },
+            [this] {
+              std::lock_guard<std::mutex> l(mu_);
+              --lanes_alive_;
+              cv_.notify_all();
+            });
         ++lanes_alive_;
         fresh.push_back(lane);
       }
@@ -504,7 +363,7 @@ void CoreClient::SendQueued() {
     if (lane == nullptr) {  // shutting down
       OnPublishDone(call, grpc::Status(grpc::StatusCode::UNAVAILABLE, "edge shutting down"));
     } else {
-      lane->Send(call);
+      lane->Send(call->id, &call->request, call);
     }
   }
 }

@@ -37,6 +37,7 @@
 #include "absl/status/status.h"
 #include "herald/v1/broker.grpc.pb.h"
 #include "libs/edge/core_api.h"
+#include "libs/edge/publish_lane.h"
 
 namespace herald::edge {
 
@@ -125,7 +126,6 @@ class CoreClient final : public CoreApi {
   struct PartitionQueue;
   struct Stream;
   struct Call;
-  class PublishLane;
 
   // Publishing.
   // Starts the partition's next request if it may; one for a PublishStream is only queued in

@@ -230,17 +230,20 @@ class FakeCore final : public v1::Broker::Service {
     v1::PublishStreamRequest req;
     while (stream->Read(&req)) {
       v1::PublishStreamResponse resp;
-      resp.set_request_id(req.request_id());
       {
         std::lock_guard<std::mutex> l(mu_);
-        ++stream_requests;
-        if (mode_ == Mode::kBreakFirstStream && number == 1) {
-          return grpc::Status(grpc::StatusCode::UNAVAILABLE, "stream broken");
+        for (const v1::StreamedPublish& r : req.requests()) {
+          ++stream_requests;
+          if (mode_ == Mode::kBreakFirstStream && number == 1) {
+            return grpc::Status(grpc::StatusCode::UNAVAILABLE, "stream broken");
+          }
+          if (mode_ == Mode::kIgnoreFirstRequest && stream_requests == 1) continue;
+          v1::StreamedPublishAnswer* a = resp.add_answers();
+          a->set_request_id(r.request_id());
+          Answer(r.publish(), a->mutable_publish());
         }
-        if (mode_ == Mode::kIgnoreFirstRequest && stream_requests == 1) continue;
-        Answer(req.publish(), resp.mutable_publish());
       }
-      if (!stream->Write(resp)) break;
+      if (resp.answers_size() > 0 && !stream->Write(resp)) break;
     }
     return grpc::Status::OK;
   }

@@ -55,7 +55,6 @@
 #include <condition_variable>
 #include <cstdio>
 #include <cstring>
-#include <deque>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -78,6 +77,7 @@
 #include "libs/common/partitioning.h"
 #include "libs/common/strings.h"
 #include "libs/edge/core_client.h"
+#include "libs/edge/publish_lane.h"
 #include "libs/protocol/mqtt/codec.h"
 
 namespace {
@@ -326,7 +326,7 @@ struct PublisherBase {
 // API, so that fifty publishers cost the machine little more than one (no thread each).
 struct StreamPool;
 
-struct Publisher : PublisherBase {
+struct Publisher : PublisherBase, herald::edge::PublishLane::Waiter {
   std::vector<std::unique_ptr<herald::v1::Broker::Stub>>* stubs = nullptr;
   std::vector<std::unique_ptr<StreamPool>>* streams = nullptr;  // --client=stream
   uint64_t id = 0;                                              // request id on the streams
@@ -336,8 +336,7 @@ struct Publisher : PublisherBase {
   uint64_t producer = 0;
   uint32_t partition = 0;
   size_t server = 0;
-  herald::v1::PublishStreamRequest stream_req;  // holds `req` on streams
-  herald::v1::PublishRequest& req = *stream_req.mutable_publish();
+  herald::v1::PublishRequest req;
   herald::v1::PublishResponse resp;
   std::unique_ptr<grpc::ClientContext> ctx;
 
@@ -346,7 +345,6 @@ struct Publisher : PublisherBase {
     const Options& o = run->o;
     std::string topic = run->Topic(rnd);
     partition = herald::PartitionFor(topic, o.partitions);
-    stream_req.set_request_id(id);
     req.Clear();
     for (int i = 0; i < o.batch; ++i) {
       auto* m = req.add_messages();
@@ -375,6 +373,10 @@ struct Publisher : PublisherBase {
                                        [this](grpc::Status st) { Done(st); });
   }
   void SendOnStream();  // below StreamPool
+  void Answered(const grpc::Status& status, herald::v1::PublishResponse* response) override {
+    if (response != nullptr) resp.Swap(response);
+    Done(status);
+  }
 
   void Done(const grpc::Status& st) {
     bool ok = st.ok();
@@ -413,123 +415,53 @@ struct Publisher : PublisherBase {
   }
 };
 
-// --client=stream: the PublishStream calls to one server, shared by every publisher. A call
-// lives until it breaks (then its unanswered requests fail, as a failed Publish call would, and
-// the next request opens a new one) or the run ends.
+// --client=stream: the PublishStream to one server, shared by every publisher. A stream lives
+// until it breaks (then its unanswered requests fail, as a failed Publish call would, and the
+// next request opens a new one) or the run ends.
 struct StreamPool {
-  class Call final : public grpc::ClientBidiReactor<herald::v1::PublishStreamRequest,
-                                                    herald::v1::PublishStreamResponse> {
-   public:
-    Call(StreamPool* pool, herald::v1::Broker::Stub* stub) : pool_(pool) {
-      stub->async()->PublishStream(&ctx_, this);
-    }
-    // Not under the pool's lock: gRPC may run reactions inline.
-    void Start() {
-      StartRead(&resp_);
-      StartCall();
-    }
-    // Queues `p`'s request (under the pool's lock; the caller starts the write, if asked, after
-    // releasing it).
-    const herald::v1::PublishStreamRequest* EnqueueLocked(Publisher* p) {
-      pending_[p->id] = p;
-      writes_.push_back(&p->stream_req);
-      if (writing_) return nullptr;
-      writing_ = true;
-      return writes_.front();
-    }
-    void Cancel() { ctx_.TryCancel(); }
-
-    void OnWriteDone(bool ok) override {
-      const herald::v1::PublishStreamRequest* next = nullptr;
-      {
-        std::lock_guard<std::mutex> l(pool_->mu);
-        writes_.pop_front();
-        if (ok && !writes_.empty()) {
-          next = writes_.front();
-        } else {
-          writing_ = false;
-          if (!ok) writes_.clear();
-        }
-      }
-      if (next != nullptr) StartWrite(next);
-    }
-    void OnReadDone(bool ok) override {
-      if (!ok) return;  // the call is over: OnDone follows
-      Publisher* p = nullptr;
-      {
-        std::lock_guard<std::mutex> l(pool_->mu);
-        auto it = pending_.find(resp_.request_id());
-        if (it != pending_.end()) {
-          p = it->second;
-          pending_.erase(it);
-        }
-      }
-      if (p != nullptr) {
-        grpc::Status st = grpc::Status::OK;
-        if (resp_.has_error()) {
-          st = grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, resp_.error().message());
-        }
-        p->resp.Swap(resp_.mutable_publish());
-        p->Done(st);
-      }
-      StartRead(&resp_);
-    }
-    void OnDone(const grpc::Status& status) override {
-      std::map<uint64_t, Publisher*> failed;
-      {
-        std::lock_guard<std::mutex> l(pool_->mu);
-        failed.swap(pending_);
-        if (pool_->current == this) pool_->current = nullptr;
-        --pool_->calls;
-      }
-      pool_->cv.notify_all();
-      grpc::Status st =
-          status.ok() ? grpc::Status(grpc::StatusCode::UNAVAILABLE, "stream ended") : status;
-      for (auto& [id, p] : failed) p->Done(st);
-      delete this;
-    }
-
-   private:
-    StreamPool* const pool_;
-    grpc::ClientContext ctx_;
-    herald::v1::PublishStreamResponse resp_;
-    bool writing_ = false;  // guarded by pool_->mu, as are the two below
-    std::deque<const herald::v1::PublishStreamRequest*> writes_;
-    std::map<uint64_t, Publisher*> pending_;
-  };
-
   explicit StreamPool(herald::v1::Broker::Stub* s) : stub(s) {}
 
-  void Send(Publisher* p) {
-    const herald::v1::PublishStreamRequest* write;
-    Call* call;
-    bool fresh = false;
-    {
-      std::lock_guard<std::mutex> l(mu);
-      if (current == nullptr) {
-        current = new Call(this, stub);
-        ++calls;
-        fresh = true;
-      }
-      call = current;
-      write = call->EnqueueLocked(p);
-    }
-    if (fresh) call->Start();
-    if (write != nullptr) call->StartWrite(write);
-  }
-  // Ends the current call and waits until no call is left.
+  void Send(Publisher* p);
+  // Ends the current stream and waits until none is left.
   void Close() {
     std::unique_lock<std::mutex> l(mu);
     if (current != nullptr) current->Cancel();
-    cv.wait(l, [&] { return calls == 0; });
+    cv.wait(l, [&] { return lanes == 0; });
   }
 
   herald::v1::Broker::Stub* const stub;
   std::mutex mu;
   std::condition_variable cv;
-  Call* current = nullptr;
-  int calls = 0;
+  std::shared_ptr<herald::edge::PublishLane> current;
+  int lanes = 0;
 };
+
+void StreamPool::Send(Publisher* p) {
+  std::shared_ptr<herald::edge::PublishLane> lane;
+  bool fresh = false;
+  {
+    std::lock_guard<std::mutex> l(mu);
+    if (current == nullptr) {
+      current = std::make_shared<herald::edge::PublishLane>(
+          stub,
+          [this](herald::edge::PublishLane* ended, const grpc::Status&) {
+            std::lock_guard<std::mutex> l(mu);
+            if (current.get() == ended) current.reset();
+          },
+          [this] {
+            std::lock_guard<std::mutex> l(mu);
+            --lanes;
+            cv.notify_all();
+          });
+      ++lanes;
+      fresh = true;
+    }
+    lane = current;
+  }
+  if (fresh) lane->Start(lane);
+  herald::v1::PublishRequest copy = p->req;  // the publisher keeps its own to resend
+  lane->Send(p->id, &copy, p);
+}
 
 void Publisher::SendOnStream() { (*streams)[server]->Send(this); }
 
