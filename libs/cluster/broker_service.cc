@@ -1,6 +1,7 @@
 #include "libs/cluster/broker_service.h"
 
 #include <atomic>
+#include <deque>
 #include <memory>
 
 #include "absl/strings/str_join.h"
@@ -184,11 +185,11 @@ grpc::ServerUnaryReactor* BrokerService::Publish(grpc::CallbackServerContext* ct
 // One PublishStream: reads a stream message, starts its requests, and reads the next while
 // fewer than `max_stream_inflight` requests of fewer than `max_stream_inflight_bytes` are
 // unanswered. Answers are written in completion order: one stream message at a time, holding
-// every answer that came while the previous one was being written. gRPC allows one outstanding
-// read and one outstanding write per stream, and may run a reaction inline from a Start call made
-// on a thread of ours, so no Start call is made under `mu_`. The stream finishes once the client
-// half-closed (or the call broke) and every request it started has completed: the completions
-// reference this reactor.
+// the answers that came while the previous one was being written (up to 256 or 1 MiB). gRPC allows
+// one outstanding read and one outstanding write per stream, and may run a reaction inline from a
+// Start call made on a thread of ours, so no Start call is made under `mu_`. The stream finishes
+// once the client half-closed (or the call broke) and every request it started has completed: the
+// completions reference this reactor.
 class BrokerService::PublishStreamReactor final
     : public grpc::ServerBidiReactor<v1::PublishStreamRequest, v1::PublishStreamResponse> {
  public:
@@ -222,13 +223,14 @@ class BrokerService::PublishStreamReactor final
     bool finish;
     {
       std::lock_guard<std::mutex> l(mu_);
-      if (!ok) broken_ = true;  // the call is broken: nobody reads the rest
-      if (!broken_ && next_.answers_size() > 0) {
-        writing_.Swap(&next_);
-        next_.Clear();
+      if (!ok) {  // the call is broken: nobody reads the rest
+        broken_ = true;
+        answers_.clear();
+      }
+      if (!answers_.empty()) {
+        FillWritingLocked();
         next = &writing_;
       } else {
-        next_.Clear();
         write_in_progress_ = false;
       }
       finish = FinishNowLocked();
@@ -264,6 +266,8 @@ class BrokerService::PublishStreamReactor final
 
   // A request has its answer (on the Raft host's thread, or on gRPC's).
   void Completed(v1::StreamedPublishAnswer* answer, uint64_t bytes) {
+    std::unique_ptr<v1::StreamedPublishAnswer> owned(answer);
+    const size_t answer_bytes = answer->ByteSizeLong();
     const v1::PublishStreamResponse* write = nullptr;
     bool read = false, finish;
     {
@@ -271,12 +275,10 @@ class BrokerService::PublishStreamReactor final
       --inflight_;
       inflight_bytes_ -= bytes;
       if (!broken_) {
-        next_.mutable_answers()->AddAllocated(answer);
-        answer = nullptr;
+        answers_.emplace_back(std::move(owned), answer_bytes);
         if (!write_in_progress_) {
           write_in_progress_ = true;
-          writing_.Swap(&next_);
-          next_.Clear();
+          FillWritingLocked();
           write = &writing_;
         }
       }
@@ -286,10 +288,22 @@ class BrokerService::PublishStreamReactor final
       }
       finish = FinishNowLocked();
     }
-    delete answer;  // not written: the call is broken
     if (write != nullptr) StartWrite(write);
     if (read) StartRead(&request_);
     if (finish) Finish(FinalStatus());
+  }
+
+  // Moves answers into writing_: at least one, then up to 256 answers or 1 MiB (a stream
+  // message stays far below gRPC's message size limits).
+  void FillWritingLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    writing_.Clear();
+    size_t total = 0;
+    while (!answers_.empty() && writing_.answers_size() < 256 &&
+           (writing_.answers_size() == 0 || total + answers_.front().second <= (1u << 20))) {
+      total += answers_.front().second;
+      writing_.mutable_answers()->AddAllocated(answers_.front().first.release());
+      answers_.pop_front();
+    }
   }
 
   // Whether another stream message may be read (one always may when nothing is unanswered: the
@@ -319,9 +333,11 @@ class BrokerService::PublishStreamReactor final
   bool write_in_progress_ ABSL_GUARDED_BY(mu_) = false;
   bool broken_ ABSL_GUARDED_BY(mu_) = false;
   bool finished_ ABSL_GUARDED_BY(mu_) = false;
-  // The message being written (while write_in_progress_), and the answers for the next one.
+  // The message being written (while write_in_progress_), and the answers for the next ones
+  // with their sizes.
   v1::PublishStreamResponse writing_;
-  v1::PublishStreamResponse next_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::pair<std::unique_ptr<v1::StreamedPublishAnswer>, size_t>> answers_
+      ABSL_GUARDED_BY(mu_);
 };
 
 grpc::ServerBidiReactor<v1::PublishStreamRequest, v1::PublishStreamResponse>*

@@ -35,10 +35,10 @@ class PublishStreamTest : public ::testing::Test {
       n.transport = net_.TransportFor(id);
       RaftHostOptions o;
       o.node_id = id;
-      // Elections take 1-2 s; a leader cut off from its follower keeps leading about that long,
-      // longer than the tests keep it cut off.
+      // Elections take 2-4 s; a leader cut off from its follower keeps leading at least 2 s,
+      // much longer than the tests keep it cut off.
       o.tick = 25ms;
-      o.election_ticks = 40;
+      o.election_ticks = 80;
       n.host = std::make_unique<RaftHost>(*n.engine, *n.transport, o);
       net_.Attach(id, n.host.get());
       for (uint32_t p = 0; p < kPartitions; ++p) {
@@ -170,10 +170,12 @@ TEST_F(PublishStreamTest, EveryRequestGetsOneAnswerWithItsIdAndPublishsResults) 
   ASSERT_TRUE(st.ok()) << st.error_message();
   ASSERT_EQ(answers.size(), sent.size());
 
-  // Offsets: dense per partition, in request order within a partition's requests.
+  // Offsets: dense per partition, in request order within a partition (one stream, read in
+  // order, proposed in order).
   std::map<uint32_t, std::set<uint64_t>> offsets;
+  std::map<uint32_t, uint64_t> last_offset;
   size_t committed = 0;
-  for (const auto& [id, a] : answers) {
+  for (const auto& [id, a] : answers) {  // by id: the order the requests were sent in
     ASSERT_TRUE(sent.count(id)) << id;
     if (id == 111) {
       EXPECT_EQ(a.error().code(), v1::ERROR_CODE_INVALID_ARGUMENT);
@@ -192,6 +194,8 @@ TEST_F(PublishStreamTest, EveryRequestGetsOneAnswerWithItsIdAndPublishsResults) 
       }
       EXPECT_FALSE(res.has_error()) << id << ": " << res.error().message();
       EXPECT_TRUE(offsets[res.partition()].insert(res.offset()).second) << "offset reused";
+      EXPECT_GT(res.offset(), last_offset[res.partition()]) << "request " << id << " out of order";
+      last_offset[res.partition()] = res.offset();
       ++committed;
     }
   }

@@ -139,7 +139,7 @@ CoreClient::CoreClient(CoreClientOptions options, DeliveryCallback on_delivery)
   uint64_t producer = RandomProducerId();
   std::lock_guard<std::mutex> l(mu_);
   lanes_.resize(stubs_.size());
-  unary_publish_.assign(stubs_.size(), false);
+  unary_until_.assign(stubs_.size(), Clock::time_point());
   for (uint32_t p = 0; p < options_.partitions; ++p) {
     auto q = std::make_unique<PartitionQueue>();
     q->producer_id = producer;
@@ -183,6 +183,7 @@ absl::Status CoreClient::Start() {
 
 void CoreClient::Shutdown() {
   std::vector<std::shared_ptr<Pending>> failed;
+  std::vector<std::shared_ptr<PublishLane>> lanes;
   {
     std::unique_lock<std::mutex> l(mu_);
     if (shutdown_) return;
@@ -193,7 +194,7 @@ void CoreClient::Shutdown() {
     }
     for (Call* c : calls_) c->ctx.TryCancel();
     for (auto& lane : lanes_) {
-      if (lane != nullptr) lane->Cancel();
+      if (lane != nullptr) lanes.push_back(lane);
     }
     for (grpc::ClientContext* c : unary_calls_) c->TryCancel();
     for (auto& s : streams_) {
@@ -201,6 +202,8 @@ void CoreClient::Shutdown() {
     }
     cv_.notify_all();
   }
+  for (auto& lane : lanes) lane->Cancel();  // not under mu_: its end takes mu_
+  lanes.clear();
   for (auto& p : failed) FinishPending(p, absl::UnavailableError("edge shutting down"));
   for (auto& s : streams_) {
     if (s->thread.joinable()) s->thread.join();
@@ -314,7 +317,7 @@ void CoreClient::MaybeSendLocked(uint32_t partition) {
   }
   q.in_flight = true;
   calls_.insert(call);
-  if (!unary_publish_[call->server]) {
+  if (Clock::now() >= unary_until_[call->server]) {
     call->id = ++next_request_id_;
     to_send_.push_back(call);  // SendQueued() writes it, outside the lock
     return;
@@ -341,9 +344,10 @@ void CoreClient::SendQueued() {
               std::lock_guard<std::mutex> l(mu_);
               if (lanes_[server].get() == ended) lanes_[server].reset();
               // A core that does not know PublishStream (an older version) gets unary calls
-              // from now on; the failed requests are retried there.
+              // for a minute (then the stream is tried again: it may have been upgraded); the
+              // failed requests are retried there.
               if (status.error_code() == grpc::StatusCode::UNIMPLEMENTED) {
-                unary_publish_[server] = true;
+                unary_until_[server] = Clock::now() + std::chrono::minutes(1);
               }
             },
             [this] {

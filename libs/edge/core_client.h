@@ -3,8 +3,8 @@
 // Publishing: messages are queued per partition and sent to the partition's leader (learned
 // from NOT_LEADER hints), at most one Publish request in flight per partition; whatever queued
 // while a request was in flight goes out in the next one, so concurrent publishes are batched.
-// The requests to one core node share a PublishStream (unary Publish calls to a node that
-// answers it UNIMPLEMENTED, an older version).
+// The requests to one core node share a PublishStream (unary Publish calls for a minute to a
+// node that answers it UNIMPLEMENTED, an older version).
 // Every message carries this edge's producer id and the partition's next sequence number, and a
 // retry resends the same (producer id, sequence), so the core appends it at most once.
 //
@@ -183,10 +183,10 @@ class CoreClient final : public CoreApi {
   std::set<Call*> calls_ ABSL_GUARDED_BY(mu_);
   // Requests for PublishStreams, not yet handed to their lane (see MaybeSendLocked).
   std::vector<Call*> to_send_ ABSL_GUARDED_BY(mu_);
-  // Per core address: the current PublishStream (null until the next request opens one),
-  // whether the node takes only unary Publish calls.
+  // Per core address: the current PublishStream (null until the next request opens one), and
+  // until when the node gets unary Publish calls instead (it answered UNIMPLEMENTED).
   std::vector<std::shared_ptr<PublishLane>> lanes_ ABSL_GUARDED_BY(mu_);
-  std::vector<bool> unary_publish_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::chrono::steady_clock::time_point> unary_until_ ABSL_GUARDED_BY(mu_);
   int lanes_alive_ ABSL_GUARDED_BY(mu_) = 0;  // lanes not done yet (Shutdown waits for them)
   uint64_t next_request_id_ ABSL_GUARDED_BY(mu_) = 0;
   std::set<grpc::ClientContext*> unary_calls_ ABSL_GUARDED_BY(mu_);

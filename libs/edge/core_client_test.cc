@@ -206,7 +206,7 @@ TEST_F(CoreClientTest, RetainedLookupSaysHowFarLiveDeliveryWasEvaluated) {
 // or a PublishStream that breaks its first stream, or leaves one request unanswered.
 class FakeCore final : public v1::Broker::Service {
  public:
-  enum class Mode { kUnaryOnly, kBreakFirstStream, kIgnoreFirstRequest };
+  enum class Mode { kUnaryOnly, kBreakFirstStream, kIgnoreFirstRequest, kPlain };
   explicit FakeCore(Mode mode) : mode_(mode) {}
 
   grpc::Status Publish(grpc::ServerContext*, const v1::PublishRequest* request,
@@ -222,16 +222,18 @@ class FakeCore final : public v1::Broker::Service {
     int number;
     {
       std::lock_guard<std::mutex> l(mu_);
+      number = ++streams;
       if (mode_ == Mode::kUnaryOnly) {
         return grpc::Status(grpc::StatusCode::UNIMPLEMENTED, "no PublishStream here");
       }
-      number = ++streams;
     }
     v1::PublishStreamRequest req;
     while (stream->Read(&req)) {
       v1::PublishStreamResponse resp;
       {
         std::lock_guard<std::mutex> l(mu_);
+        ++stream_messages;
+        largest_message = std::max(largest_message, req.requests_size());
         for (const v1::StreamedPublish& r : req.requests()) {
           ++stream_requests;
           if (mode_ == Mode::kBreakFirstStream && number == 1) {
@@ -250,6 +252,7 @@ class FakeCore final : public v1::Broker::Service {
 
   std::mutex mu_;
   int unary_calls = 0, streams = 0, stream_requests = 0;
+  int stream_messages = 0, largest_message = 0;  // requests per stream message
   // (producer id, sequence) of every message appended, in order; a resent one is not appended
   // again, as the core's dedup would.
   std::vector<std::pair<uint64_t, uint64_t>> appended;
@@ -284,7 +287,7 @@ class CoreClientFakeCoreTest : public ::testing::TestWithParam<FakeCore::Mode> {
     CoreClientOptions o;
     o.addresses = {"127.0.0.1:" + std::to_string(port)};
     o.partitions = 4;
-    o.publish_request_timeout = 300ms;
+    o.publish_request_timeout = 1s;
     client_ = std::make_unique<CoreClient>(o, [](const std::vector<v1::Message*>&) {});
     ASSERT_TRUE(client_->Start().ok());
   }
@@ -318,20 +321,22 @@ TEST_P(CoreClientFakeCoreTest, PublishesAreCommittedOnceWhateverTheStreamDoes) {
   std::lock_guard<std::mutex> l(core_->mu_);
   ASSERT_EQ(core_->appended.size(), 5u);
   for (size_t i = 0; i < 5; ++i) EXPECT_EQ(core_->appended[i].second, i + 1);
+  // (A slow machine may add resends of requests answered later than the timeout: at least.)
   switch (GetParam()) {
-    case FakeCore::Mode::kUnaryOnly:  // one refused stream, then unary calls only
-      EXPECT_EQ(core_->stream_requests, 0);
-      EXPECT_EQ(core_->unary_calls, 5);
+    case FakeCore::Mode::kUnaryOnly:  // one refused stream, then unary calls only (for a minute)
+      EXPECT_EQ(core_->streams, 1);
+      EXPECT_GE(core_->unary_calls, 5);
       break;
     case FakeCore::Mode::kBreakFirstStream:  // the first request again on a second stream
-      EXPECT_EQ(core_->streams, 2);
-      EXPECT_EQ(core_->stream_requests, 6);
+      EXPECT_GE(core_->streams, 2);
+      EXPECT_GE(core_->stream_requests, 6);
       EXPECT_EQ(core_->unary_calls, 0);
       break;
-    case FakeCore::Mode::kIgnoreFirstRequest:  // given up after 300 ms, sent again
-      EXPECT_EQ(core_->streams, 1);
-      EXPECT_EQ(core_->stream_requests, 6);
+    case FakeCore::Mode::kIgnoreFirstRequest:  // given up after the timeout, sent again
+      EXPECT_GE(core_->stream_requests, 6);
       EXPECT_EQ(core_->unary_calls, 0);
+      break;
+    case FakeCore::Mode::kPlain:
       break;
   }
 }
@@ -340,6 +345,59 @@ INSTANTIATE_TEST_SUITE_P(Modes, CoreClientFakeCoreTest,
                          ::testing::Values(FakeCore::Mode::kUnaryOnly,
                                            FakeCore::Mode::kBreakFirstStream,
                                            FakeCore::Mode::kIgnoreFirstRequest));
+
+// What queued on a lane while its stream was busy goes out in messages of at most
+// kMessageRequests requests, every request answered once.
+TEST(PublishLaneTest, QueuedRequestsGoOutInBoundedMessages) {
+  FakeCore core(FakeCore::Mode::kPlain);
+  grpc::ServerBuilder b;
+  int port = 0;
+  b.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  b.RegisterService(&core);
+  std::unique_ptr<grpc::Server> server = b.BuildAndStart();
+  ASSERT_NE(port, 0);
+  auto stub = v1::Broker::NewStub(
+      grpc::CreateChannel("127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials()));
+  struct Counter final : PublishLane::Waiter {
+    std::atomic<int>* ok = nullptr;
+    std::atomic<int> calls{0};
+    void Answered(const grpc::Status& status, v1::PublishResponse* r) override {
+      calls.fetch_add(1);
+      if (status.ok() && r != nullptr && r->results_size() == 1) ok->fetch_add(1);
+    }
+  };
+  constexpr int kRequests = 600;
+  std::atomic<int> ok{0};
+  std::vector<Counter> waiters(kRequests);
+  std::promise<void> gone;
+  auto lane = std::make_shared<PublishLane>(
+      stub.get(), [](PublishLane*, const grpc::Status&) {}, [&] { gone.set_value(); });
+  // All sent before the stream starts: the first goes alone, the rest queue behind it.
+  for (int i = 0; i < kRequests; ++i) {
+    waiters[i].ok = &ok;
+    v1::PublishRequest r;
+    v1::Message* m = r.add_messages();
+    m->set_topic("q/1");
+    m->set_producer_id(7);
+    m->set_sequence(static_cast<uint64_t>(i) + 1);
+    lane->Send(static_cast<uint64_t>(i) + 1, &r, &waiters[i]);
+  }
+  lane->Start(lane);
+  for (int i = 0; i < 1000 && ok.load() < kRequests; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(ok.load(), kRequests);
+  {
+    std::lock_guard<std::mutex> l(core.mu_);
+    EXPECT_EQ(core.stream_requests, kRequests);
+    EXPECT_LE(core.largest_message, PublishLane::kMessageRequests);
+    EXPECT_GT(core.largest_message, 1) << "queued requests share messages";
+    EXPECT_GE(core.stream_messages, 1 + (kRequests - 1 + 255) / 256);
+  }
+  lane->Cancel();
+  lane.reset();
+  ASSERT_EQ(gone.get_future().wait_for(10s), std::future_status::ready);
+  for (const Counter& w : waiters) EXPECT_EQ(w.calls.load(), 1);
+  server->Shutdown(std::chrono::system_clock::now() + 1s);
+}
 
 }  // namespace
 }  // namespace herald::edge

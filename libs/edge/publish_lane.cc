@@ -1,5 +1,7 @@
 #include "libs/edge/publish_lane.h"
 
+#include <algorithm>
+#include <set>
 #include <utility>
 #include <vector>
 
@@ -19,41 +21,60 @@ void PublishLane::Start(std::shared_ptr<PublishLane> self) {
 }
 
 void PublishLane::Send(uint64_t id, v1::PublishRequest* request, Waiter* waiter) {
+  v1::StreamedPublish r;
+  r.set_request_id(id);
+  r.mutable_publish()->Swap(request);
+  const size_t bytes = r.ByteSizeLong();
   bool write = false;
   {
     std::lock_guard<std::mutex> l(mu_);
     if (!ended_) {
       pending_[id] = Sent{waiter, Clock::now()};
-      v1::StreamedPublish* r = next_.add_requests();
-      r->set_request_id(id);
-      r->mutable_publish()->Swap(request);
+      queued_.emplace_back(std::move(r), bytes);
       if (!write_in_progress_) {
         write_in_progress_ = true;
-        writing_.Swap(&next_);
-        next_.Clear();
+        FillWritingLocked();
         write = true;
       }
       waiter = nullptr;
     }
   }
   if (waiter != nullptr) {
-    waiter->Answered(grpc::Status(grpc::StatusCode::UNAVAILABLE, "publish stream ended"), nullptr);
+    waiter->Answered(grpc::Status(grpc::StatusCode::CANCELLED, "publish stream ended"), nullptr);
     return;
   }
   if (write) StartWrite(&writing_);
+}
+
+void PublishLane::FillWritingLocked() {
+  writing_.Clear();
+  size_t bytes = 0;
+  while (!queued_.empty() && writing_.requests_size() < kMessageRequests &&
+         (writing_.requests_size() == 0 || bytes + queued_.front().second <= kMessageBytes)) {
+    bytes += queued_.front().second;
+    *writing_.add_requests() = std::move(queued_.front().first);
+    queued_.pop_front();
+  }
 }
 
 void PublishLane::Expire(Clock::time_point before) {
   std::vector<Waiter*> expired;
   {
     std::lock_guard<std::mutex> l(mu_);
+    std::set<uint64_t> ids;
     for (auto it = pending_.begin(); it != pending_.end();) {
       if (it->second.at < before) {
         expired.push_back(it->second.waiter);
+        ids.insert(it->first);
         it = pending_.erase(it);
       } else {
         ++it;
       }
+    }
+    if (!ids.empty()) {
+      queued_.erase(std::remove_if(queued_.begin(), queued_.end(),
+                                   [&](const auto& q) { return ids.count(q.first.request_id()); }),
+                    queued_.end());
     }
   }
   for (Waiter* w : expired) {
@@ -67,10 +88,9 @@ void PublishLane::OnWriteDone(bool ok) {
   bool write = false, release = false;
   {
     std::lock_guard<std::mutex> l(mu_);
-    if (!ok) next_.Clear();  // the stream broke: its waiters fail in OnDone
-    if (!ended_ && next_.requests_size() > 0) {
-      writing_.Swap(&next_);
-      next_.Clear();
+    if (!ok) queued_.clear();  // the stream broke: its waiters fail in OnDone
+    if (!ended_ && !queued_.empty()) {
+      FillWritingLocked();
       write = true;
     } else {
       write_in_progress_ = false;

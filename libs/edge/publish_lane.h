@@ -1,11 +1,11 @@
 // PublishLane: one PublishStream call to a core node (proto/herald/v1/broker.proto), carrying
 // Publish requests of many senders (the edge's partitions, herald-bench's publishers).
 //
-// Requests go out in the order they were sent: one stream message at a time, holding every
-// request sent while the previous message was being written; answers come back by request id
-// and are handed to their waiters. When the call ends (broken, cancelled, the server gone) the
-// waiters still unanswered get its status (UNAVAILABLE when it ended OK), and the lane is done:
-// its owner opens a new one for the next request.
+// Requests go out in the order they were sent: one stream message at a time, holding the
+// requests sent while the previous message was being written (up to 256 requests or 1 MiB); answers
+// come back by request id and are handed to their waiters. When the call ends (broken, cancelled,
+// the server gone) the waiters still unanswered get its status (UNAVAILABLE when it ended OK), and
+// the lane is done: its owner opens a new one for the next request.
 //
 // Threading: Send, Expire and Cancel are thread-safe. gRPC may run a reaction inline from a Start
 // call made on an application thread, so none is made under a lock; a hold keeps OnDone from
@@ -17,6 +17,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -31,6 +32,8 @@ class PublishLane final
     : public grpc::ClientBidiReactor<v1::PublishStreamRequest, v1::PublishStreamResponse> {
  public:
   using Clock = std::chrono::steady_clock;
+  static constexpr int kMessageRequests = 256;
+  static constexpr size_t kMessageBytes = 1 << 20;
 
   // Whoever waits for a request's answer. `response` holds the results when `status` is OK (the
   // waiter may move them out); a request refused as a whole has the status INVALID_ARGUMENT (a
@@ -52,10 +55,11 @@ class PublishLane final
   void Cancel() { ctx_.TryCancel(); }
 
   // Sends `request` (moved out) under `id`; `waiter` gets the answer. When the call is already
-  // over, the waiter is failed at once with UNAVAILABLE.
+  // over, the waiter is failed at once with CANCELLED (the request never left: no sign that the
+  // node is down).
   void Send(uint64_t id, v1::PublishRequest* request, Waiter* waiter);
   // Fails with DEADLINE_EXCEEDED the waiters sent before `before` that have no answer yet; a
-  // late answer is dropped.
+  // late answer is dropped, and a request not written yet is not written.
   void Expire(Clock::time_point before);
 
   void OnWriteDone(bool ok) override;
@@ -76,8 +80,13 @@ class PublishLane final
   bool ended_ ABSL_GUARDED_BY(mu_) = false;
   bool write_in_progress_ ABSL_GUARDED_BY(mu_) = false;
   v1::PublishStreamRequest writing_;  // the message being written (while write_in_progress_)
-  v1::PublishStreamRequest next_ ABSL_GUARDED_BY(mu_);  // requests sent meanwhile
+  // Requests sent meanwhile, with their sizes; the next message takes from the front.
+  std::deque<std::pair<v1::StreamedPublish, size_t>> queued_ ABSL_GUARDED_BY(mu_);
   std::map<uint64_t, Sent> pending_ ABSL_GUARDED_BY(mu_);
+
+  // Moves queued requests into writing_: at least one, then up to kMessageRequests requests
+  // or kMessageBytes bytes (a stream message stays far below gRPC's message size limits).
+  void FillWritingLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 };
 
 }  // namespace herald::edge

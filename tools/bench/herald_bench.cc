@@ -422,10 +422,28 @@ struct StreamPool {
   explicit StreamPool(herald::v1::Broker::Stub* s) : stub(s) {}
 
   void Send(Publisher* p);
+  // Fails the requests of the current stream unanswered for 5 s (as a Publish call's deadline
+  // would): their publishers retry.
+  void Expire() {
+    std::shared_ptr<herald::edge::PublishLane> lane;
+    {
+      std::lock_guard<std::mutex> l(mu);
+      lane = current;
+    }
+    if (lane != nullptr) {
+      lane->Expire(herald::edge::PublishLane::Clock::now() - std::chrono::seconds(5));
+    }
+  }
   // Ends the current stream and waits until none is left.
   void Close() {
+    std::shared_ptr<herald::edge::PublishLane> lane;
+    {
+      std::lock_guard<std::mutex> l(mu);
+      lane = current;
+    }
+    if (lane != nullptr) lane->Cancel();  // not under mu: the stream's end takes it
+    lane.reset();
     std::unique_lock<std::mutex> l(mu);
-    if (current != nullptr) current->Cancel();
     cv.wait(l, [&] { return lanes == 0; });
   }
 
@@ -552,6 +570,13 @@ int RunPublish(const Options& o) {
   std::vector<std::unique_ptr<StreamPool>> streams;
   for (auto& stub : stubs) streams.push_back(std::make_unique<StreamPool>(stub.get()));
   uint64_t next_id = 0;
+  std::atomic<bool> expiring{o.client == "stream"};
+  std::thread expiry([&] {
+    while (expiring.load()) {
+      for (auto& pool : streams) pool->Expire();
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  });
   return RunPublishers<Publisher>(
       o,
       [&](Publisher* p) {
@@ -561,6 +586,8 @@ int RunPublish(const Options& o) {
         p->producer = p->rnd() | 1;
       },
       [&] {
+        expiring = false;
+        expiry.join();
         for (auto& pool : streams) pool->Close();
       });
 }
