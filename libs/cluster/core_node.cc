@@ -237,6 +237,11 @@ absl::Status CoreNode::Start(const std::string& data_dir) {
   builder.RegisterService(broker_service_.get());
   builder.RegisterService(admin_service_.get());
   builder.SetMaxReceiveMessageSize(64 << 20);
+  // Peers and edges send keepalive pings every 10 s, also on idle connections (a dead peer is
+  // noticed in seconds, not after TCP's retransmission timeout); without these the server
+  // would answer pings that frequent with GOAWAY (too_many_pings).
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 5'000);
   server_ = builder.BuildAndStart();
   if (!server_ || port == 0) {
     return absl::UnavailableError(StrCat("core.listen ", config_.listen, ": cannot listen"));
