@@ -198,9 +198,7 @@ void CoreClient::Shutdown() {
       for (auto& item : q->queue) failed.push_back(item.pending);
     }
     for (Call* c : calls_) c->ctx.TryCancel();
-    for (auto& lane : lanes_) {
-      if (lane != nullptr) lanes.push_back(lane);
-    }
+    lanes = LanesLocked();
     for (grpc::ClientContext* c : unary_calls_) c->TryCancel();
     for (auto& s : streams_) {
       if (s->ctx) s->ctx->TryCancel();
@@ -377,13 +375,19 @@ void CoreClient::SendQueued() {
   }
 }
 
+std::vector<std::shared_ptr<PublishLane>> CoreClient::LanesLocked() const {
+  std::vector<std::shared_ptr<PublishLane>> lanes;
+  for (const auto& lane : lanes_) {
+    if (lane != nullptr) lanes.push_back(lane);
+  }
+  return lanes;
+}
+
 void CoreClient::ExpirePublishes() {
   std::vector<std::shared_ptr<PublishLane>> lanes;
   {
     std::lock_guard<std::mutex> l(mu_);
-    for (auto& lane : lanes_) {
-      if (lane != nullptr) lanes.push_back(lane);
-    }
+    lanes = LanesLocked();
   }
   for (auto& lane : lanes) lane->Expire(Clock::now() - options_.publish_request_timeout);
   RunAfter(ExpiryCheckInterval(), [this] { ExpirePublishes(); });

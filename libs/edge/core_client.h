@@ -135,6 +135,8 @@ class CoreClient final : public CoreApi {
   // Fails the requests on PublishStreams that went unanswered too long; runs every
   // ExpiryCheckInterval().
   void ExpirePublishes();
+  // The current PublishStream lanes (to use outside mu_).
+  std::vector<std::shared_ptr<PublishLane>> LanesLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   std::chrono::milliseconds ExpiryCheckInterval() const {
     return std::clamp(options_.publish_request_timeout / 10, std::chrono::milliseconds(10),
                       std::chrono::milliseconds(500));
