@@ -394,15 +394,32 @@ grpc::Status AdminService::TransferLeadership(grpc::ServerContext* ctx,
                  p, st.leader != 0 ? &hint : nullptr);
   }
   if (target == 0) {
-    // The leader's replication progress is not exposed yet, so "most caught-up" is approximated
-    // by the next voter after this node in id order.
-    auto next = std::upper_bound(voters.begin(), voters.end(), options_.node_id);
-    if (next == voters.end()) next = voters.begin();
-    if (next == voters.end() || *next == options_.node_id) {
-      return Error(grpc::StatusCode::FAILED_PRECONDITION, v1::ERROR_CODE_NOT_ENOUGH_NODES,
-                   StrCat("partition ", p, " has no other voter to take over"), p);
+    // The most caught-up other voter this node has heard from lately.
+    uint64_t best_match = 0;
+    for (const auto& [id, match] : st.match) {
+      if (id == options_.node_id || !host_.PeerAlive(id) ||
+          std::find(voters.begin(), voters.end(), id) == voters.end()) {
+        continue;
+      }
+      if (target == 0 || match > best_match) {
+        target = id;
+        best_match = match;
+      }
     }
-    target = *next;
+    if (target == 0) {
+      return Error(grpc::StatusCode::FAILED_PRECONDITION, v1::ERROR_CODE_NOT_ENOUGH_NODES,
+                   StrCat("partition ", p, " has no other voter this node can reach to take over",
+                          " (voters: ", JoinIds(voters), ")"),
+                   p);
+    }
+  } else if (!host_.PeerAlive(target)) {
+    // The leader takes no proposals while a transfer runs (Raft dissertation §3.10): a transfer
+    // to a node it cannot reach would stall the partition until the transfer times out.
+    return Error(
+        grpc::StatusCode::FAILED_PRECONDITION, v1::ERROR_CODE_UNSPECIFIED,
+        StrCat("node ", target, " has not been heard from by partition ", p, "'s leader (node ",
+               options_.node_id, ") within an election timeout; not transferring leadership to it"),
+        p);
   }
 
   auto deadline = std::chrono::steady_clock::now() + options_.default_transfer_timeout;

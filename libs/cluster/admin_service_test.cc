@@ -244,19 +244,30 @@ TEST_F(AdminServiceTest, TransferLeadershipMovesTheLeaderOrSaysWhoLeads) {
   EXPECT_EQ(InfoOf(st).code(), v1::ERROR_CODE_NOT_LEADER);
 }
 
-TEST_F(AdminServiceTest, TransferToAnUnreachableVoterIsOutcomeUnknown) {
-  const uint32_t p = 0;
+TEST_F(AdminServiceTest, TransferToAnUnreachableVoterIsRefusedAndTheLeaderKeepsLeading) {
+  const uint32_t p = 0;  // voters 1, 2, 3
   raft::NodeId leader = WaitForLeader(p);
   ASSERT_NE(leader, 0u);
   raft::NodeId target = leader % 3 + 1;
+  raft::NodeId other = 6 - leader - target;
   net_.CutOff(target, true);
+  // Longer than an election timeout (10 ticks of 10 ms): the leader has stopped hearing it.
+  std::this_thread::sleep_for(300ms);
   v1::TransferLeadershipRequest req;
   req.set_partition(p);
   req.set_target_node_id(target);
   v1::TransferLeadershipResponse resp;
-  grpc::Status st = nodes_[leader].stub->TransferLeadership(Context(500ms).get(), req, &resp);
-  EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAVAILABLE) << st.error_message();
-  EXPECT_EQ(InfoOf(st).code(), v1::ERROR_CODE_OUTCOME_UNKNOWN);
+  grpc::Status st = nodes_[leader].stub->TransferLeadership(Context().get(), req, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << st.error_message();
+  EXPECT_NE(st.error_message().find("has not been heard from"), std::string::npos)
+      << st.error_message();
+  EXPECT_EQ(WaitForLeader(p), leader);
+
+  // Target 0: the leader picks the voter it can reach.
+  req.set_target_node_id(0);
+  st = nodes_[leader].stub->TransferLeadership(Context().get(), req, &resp);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(resp.leader_node_id(), other);
   net_.CutOff(target, false);
 }
 

@@ -546,9 +546,22 @@ void CoreNode::ControllerRound(const v1::MetadataStateRecord& rec) {
   for (const auto& [p, ps] : gathered) {
     raft::NodeId from = ps.info().leader_node_id();
     if (leads.count(from) == 0) continue;
+    // Only to a voter this node hears from and the leader reports close to its commit index:
+    // the partition takes no publishes while a transfer runs, so a transfer to an unreachable
+    // node, or one that needs much catching up, would stall it until the transfer times out.
+    auto ready = [&](uint64_t v) {
+      if (!host_->PeerAlive(v)) return false;
+      for (const v1::ReplicaStatus& r : ps.replicas()) {
+        if (r.node_id() == v) {
+          return r.match_index() > 0 && r.match_index() + kMaxTransferLag >= ps.commit_index();
+        }
+      }
+      return false;
+    };
     raft::NodeId to = 0;
     for (uint64_t v : ps.info().voters()) {
-      if (leads.count(v) != 0 && leads[v] + 2 <= leads[from] && (to == 0 || leads[v] < leads[to])) {
+      if (leads.count(v) != 0 && leads[v] + 2 <= leads[from] && (to == 0 || leads[v] < leads[to]) &&
+          ready(v)) {
         to = v;
       }
     }

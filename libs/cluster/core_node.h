@@ -79,6 +79,9 @@ class CoreNode {
   static constexpr size_t kMetadataVoters = 5;
   // Partitions the controller moves at the same time.
   static constexpr int kMaxMoves = 2;
+  // Leadership balance moves a partition's leadership only to a voter at most this many log
+  // entries behind the leader's commit index (the leader catches it up before handing over).
+  static constexpr uint64_t kMaxTransferLag = 256;
 
   explicit CoreNode(CoreNodeConfig config) : config_(std::move(config)) {}
   ~CoreNode();

@@ -348,15 +348,7 @@ void RaftHost::ReconcileGroup(Group& g, const MembershipTarget& t) {
     if (in(t.voters, n) || in(t.learners, n)) continue;
     if (n != options_.node_id) return change(raft::ConfChangeType::kRemoveNode, n);
     // This node leaves: hand leadership to the most caught-up target voter first.
-    raft::NodeId best = raft::kNoNode;
-    uint64_t best_match = 0;
-    for (raft::NodeId v : t.voters) {
-      const raft::Progress* pr = cs.IsVoter(v) ? node.progress(v) : nullptr;
-      if (pr != nullptr && (best == raft::kNoNode || pr->match > best_match)) {
-        best = v;
-        best_match = pr->match;
-      }
-    }
+    raft::NodeId best = MostCaughtUpLiveVoter(node, t.voters);
     if (best != raft::kNoNode && node.transferee() == raft::kNoNode) {
       node.TransferLeadership(best).IgnoreError();
     }
@@ -569,6 +561,21 @@ void RaftHost::RunDownElectionTimer(raft::Node& node) {
   for (int i = 0; i + 1 < options_.election_ticks; ++i) node.Tick();
 }
 
+raft::NodeId RaftHost::MostCaughtUpLiveVoter(const raft::Node& node,
+                                             const std::vector<raft::NodeId>& candidates) {
+  raft::NodeId best = raft::kNoNode;
+  uint64_t best_match = 0;
+  for (raft::NodeId v : candidates) {
+    if (v == options_.node_id || !node.conf_state().IsVoter(v) || !PeerAlive(v)) continue;
+    const raft::Progress* pr = node.progress(v);
+    if (pr != nullptr && (best == raft::kNoNode || pr->match > best_match)) {
+      best = v;
+      best_match = pr->match;
+    }
+  }
+  return best;
+}
+
 bool RaftHost::PeerAlive(raft::NodeId node) {
   if (node == options_.node_id) return true;
   auto now = clock_.Now();
@@ -608,7 +615,15 @@ void RaftHost::TransferLeadership(GroupId group, raft::NodeId to) {
   if (!running_) return;
   inbox_.tasks.push_back([this, group, to] {
     auto it = groups_.find(group);
-    if (it != groups_.end()) it->second->node->TransferLeadership(to).IgnoreError();
+    if (it == groups_.end()) return;
+    if (!PeerAlive(to)) {
+      spdlog::info(
+          "raft group {}: not transferring leadership to node {}: not heard from "
+          "within an election timeout",
+          group, to);
+      return;
+    }
+    it->second->node->TransferLeadership(to).IgnoreError();
   });
   cv_.notify_one();
 }
@@ -641,15 +656,7 @@ int RaftHost::HandOffLeadership(std::chrono::milliseconds timeout) {
       for (auto& [id, g] : groups_) {
         raft::Node& node = *g->node;
         if (node.role() != raft::Role::kLeader) continue;
-        raft::NodeId best = raft::kNoNode;
-        uint64_t best_match = 0;
-        for (raft::NodeId v : node.conf_state().voters) {
-          const raft::Progress* pr = v == options_.node_id ? nullptr : node.progress(v);
-          if (pr != nullptr && (best == raft::kNoNode || pr->match > best_match)) {
-            best = v;
-            best_match = pr->match;
-          }
-        }
+        raft::NodeId best = MostCaughtUpLiveVoter(node, node.conf_state().voters);
         if (best != raft::kNoNode) node.TransferLeadership(best).IgnoreError();
       }
     });

@@ -268,9 +268,12 @@ class RaftHost {
   void ProposePublish(GroupId group, std::string command, size_t messages, ProposalCallback done);
   // Runs `fn` on the host's thread soon (e.g. transport changes). Thread-safe.
   void RunTask(std::function<void()> fn);
-  // Asks the group's leader (this node) to hand leadership to `to`. Thread-safe.
+  // Asks the group's leader (this node) to hand leadership to `to`. Ignored while `to` has not
+  // been heard from within an election timeout: the leader takes no proposals while a transfer
+  // runs (dissertation §3.10), so a transfer to a node it cannot reach would stall the group
+  // until the transfer times out. Thread-safe.
   void TransferLeadership(GroupId group, raft::NodeId to);
-  // Hands every leadership of this node to the most caught-up other voter of each group and
+  // Hands every leadership of this node to the most caught-up live other voter of each group and
   // waits up to `timeout` for the transfers to finish, so that stopping the node does not leave
   // its partitions without a leader for an election timeout. Returns how many groups this node
   // still leads. Thread-safe.
@@ -358,6 +361,10 @@ class RaftHost {
   void TickQuiescence(int ticks);
   // Brings a replica woken because its leader's node is silent to the end of its lease.
   void RunDownElectionTimer(raft::Node& node);
+  // Of `candidates`, the voter of `node`'s group (not this node) heard from within an election
+  // timeout whose log the leader knows to reach furthest; kNoNode if none (host thread, leader).
+  raft::NodeId MostCaughtUpLiveVoter(const raft::Node& node,
+                                     const std::vector<raft::NodeId>& candidates);
   void Quiesce(Group& g);
   void Wake(Group& g);
   static GroupStatus StatusOf(const Group& g);

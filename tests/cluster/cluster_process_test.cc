@@ -10,11 +10,11 @@
 
 #include <filesystem>
 #include <map>
-#include <random>
 #include <thread>
 
 #include "herald/v1/broker.grpc.pb.h"
 #include "libs/common/partitioning.h"
+#include "tests/support/cluster_publisher.h"
 #include "tests/support/core_cluster.h"
 #include "tests/support/partition_reader.h"
 
@@ -27,85 +27,6 @@ using testing::CoreCluster;
 constexpr int kNodes = 3;
 constexpr uint32_t kPartitions = 8;
 constexpr int kTopics = 20;
-
-// A publisher that finds partition leaders and retries with the same idempotency keys.
-class Publisher {
- public:
-  explicit Publisher(const CoreCluster& c) {
-    for (int i = 0; i < kNodes; ++i) {
-      stubs_.push_back(v1::Broker::NewStub(
-          grpc::CreateChannel(c.Address(i), grpc::InsecureChannelCredentials())));
-    }
-    producer_id_ = std::random_device{}() | 1;
-    leader_.assign(kPartitions, 0);
-    seq_.assign(kPartitions, 0);
-  }
-
-  // Publishes `msgs` (one partition's, in order) until acknowledged; returns when done or the
-  // deadline passes. Records the offsets.
-  bool PublishPartition(uint32_t partition, const std::vector<v1::Message>& msgs) {
-    v1::PublishRequest req;
-    for (const auto& m : msgs) {
-      v1::Message* pm = req.add_messages();
-      *pm = m;
-      pm->set_producer_id(producer_id_);
-      pm->set_sequence(++seq_[partition]);
-    }
-    auto deadline = std::chrono::steady_clock::now() + 60s;
-    while (std::chrono::steady_clock::now() < deadline) {
-      int node = leader_[partition];
-      grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + 2s);
-      v1::PublishResponse resp;
-      grpc::Status st = stubs_[node]->Publish(&ctx, req, &resp);
-      if (!st.ok()) {
-        leader_[partition] = (node + 1) % kNodes;
-        std::this_thread::sleep_for(50ms);
-        continue;
-      }
-      bool all_ok = true;
-      for (const auto& r : resp.results()) {
-        if (r.has_error() && r.error().code() != v1::ERROR_CODE_DUPLICATE) {
-          all_ok = false;
-          if (r.error().code() == v1::ERROR_CODE_NOT_LEADER &&
-              r.error().leader_hint().node_id() != 0) {
-            leader_[partition] = static_cast<int>(r.error().leader_hint().node_id() - 1);
-          } else {
-            leader_[partition] = (node + 1) % kNodes;
-          }
-          break;
-        }
-      }
-      if (all_ok) {
-        last_leader_of_[partition] = node;
-        return true;
-      }
-      std::this_thread::sleep_for(30ms);
-    }
-    return false;
-  }
-
-  int LeaderOf(uint32_t partition) const { return last_leader_of_.at(partition); }
-
-  // Reads a partition completely from its leader.
-  std::vector<v1::Message> ReadPartition(uint32_t partition) {
-    return testing::FetchWholePartition(
-        partition, [&] { return stubs_[leader_[partition]].get(); },
-        [&](const v1::ErrorInfo& e) {
-          int node = leader_[partition];
-          leader_[partition] = e.leader_hint().node_id() != 0
-                                   ? static_cast<int>(e.leader_hint().node_id() - 1)
-                                   : (node + 1) % kNodes;
-        });
-  }
-
- private:
-  std::vector<std::unique_ptr<v1::Broker::Stub>> stubs_;
-  uint64_t producer_id_;
-  std::vector<int> leader_;
-  std::vector<uint64_t> seq_;
-  std::map<uint32_t, int> last_leader_of_;
-};
 
 using testing::ByTopic;
 using testing::History;
@@ -130,7 +51,9 @@ TEST(ClusterProcessTest, AcknowledgedMessagesSurviveKillStopAndFullRestart) {
   CoreCluster cluster(root, kNodes, kPartitions);
   std::string error;
   for (int i = 0; i < kNodes; ++i) ASSERT_TRUE(cluster.Start(i, &error)) << error;
-  Publisher pub(cluster);
+  std::vector<std::string> addresses;
+  for (int i = 0; i < kNodes; ++i) addresses.push_back(cluster.Address(i));
+  testing::ClusterPublisher pub(addresses, kPartitions);
 
   History acked;
   const int batch = 200;

@@ -9,11 +9,21 @@ using namespace std::chrono_literals;
 CoreCluster::CoreCluster(std::string root, int nodes, int partitions)
     : root_(std::move(root)), partitions_(partitions) {
   for (int i = 0; i < nodes; ++i) ports_.push_back(PickFreePort());
-  for (int i = 0; i < nodes; ++i) {
+  hosts_.assign(nodes, "127.0.0.1");
+  prefixes_.resize(nodes);
+  Place(hosts_, prefixes_);
+  procs_.resize(nodes);
+}
+
+void CoreCluster::Place(std::vector<std::string> hosts,
+                        std::vector<std::vector<std::string>> prefixes) {
+  hosts_ = std::move(hosts);
+  prefixes_ = std::move(prefixes);
+  peers_.clear();
+  for (int i = 0; i < size(); ++i) {
     if (!peers_.empty()) peers_ += ",";
     peers_ += std::to_string(i + 1) + "=" + Address(i);
   }
-  procs_.resize(nodes);
 }
 
 bool CoreCluster::Start(int i, std::string* error) {
@@ -23,7 +33,7 @@ bool CoreCluster::Start(int i, std::string* error) {
                                 "--raft.tick=50ms", "--admin.listen=127.0.0.1:0",
                                 "--data_dir=" + DataDir(i), "--net.loops=1"};
   args.insert(args.end(), extra_args.begin(), extra_args.end());
-  procs_[i] = std::make_unique<Process>("herald-core", std::move(args));
+  procs_[i] = std::make_unique<Process>("herald-core", std::move(args), prefixes_[i]);
   if (procs_[i]->WaitForLine("herald-core ready").empty()) {
     if (error != nullptr) *error = procs_[i]->log();
     return false;
@@ -43,7 +53,9 @@ int CoreCluster::StopGracefully(int i) {
 
 void CoreCluster::Signal(int i, int sig) { procs_[i]->Signal(sig); }
 
-std::string CoreCluster::Address(int i) const { return "127.0.0.1:" + std::to_string(ports_[i]); }
+std::string CoreCluster::Address(int i) const {
+  return hosts_[i] + ":" + std::to_string(ports_[i]);
+}
 
 std::string CoreCluster::Servers() const {
   std::string out;

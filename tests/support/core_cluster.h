@@ -13,6 +13,9 @@ namespace herald::testing {
 class CoreCluster {
  public:
   CoreCluster(std::string root, int nodes, int partitions);
+  // Node i listens on hosts[i] (instead of 127.0.0.1) and is started through prefixes[i] (see
+  // Process), e.g. in its own network namespace (NetnsLab). Before the first Start.
+  void Place(std::vector<std::string> hosts, std::vector<std::vector<std::string>> prefixes);
 
   // Appended to every node's command line.
   std::vector<std::string> extra_args;
@@ -26,7 +29,7 @@ class CoreCluster {
   void Signal(int i, int sig);
 
   int size() const { return static_cast<int>(ports_.size()); }
-  // "127.0.0.1:port" of node i.
+  // "host:port" of node i (127.0.0.1 unless placed elsewhere).
   std::string Address(int i) const;
   // Every node's address, comma-separated.
   std::string Servers() const;
@@ -37,6 +40,8 @@ class CoreCluster {
   std::string root_;
   int partitions_;
   std::vector<int> ports_;
+  std::vector<std::string> hosts_;
+  std::vector<std::vector<std::string>> prefixes_;
   std::string peers_;
   std::vector<std::unique_ptr<Process>> procs_;
 };

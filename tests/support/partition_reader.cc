@@ -59,10 +59,17 @@ std::map<uint32_t, std::vector<v1::Message>> ReadStoppedReplica(
     auto sm = broker::PartitionStateMachine::Open(**engine, p);
     EXPECT_TRUE(sm.ok());
     if (!sm.ok()) continue;
-    auto f = (*sm)->Fetch(0, 0, {"#"}, 0, {.max_messages = 1u << 30, .max_bytes = 1ull << 40});
-    EXPECT_TRUE(f.ok());
-    if (!f.ok()) continue;
-    for (auto& m : f->messages) out[p].push_back(std::move(m));
+    // A Fetch looks at a bounded number of messages; go on from where it stopped.
+    uint64_t after = 0;
+    while (true) {
+      auto f = (*sm)->Fetch(
+          after, 0, {"#"}, 0,
+          {.max_messages = 1u << 30, .max_bytes = 1ull << 40, .max_scanned = 1u << 30});
+      EXPECT_TRUE(f.ok()) << f.status();
+      if (!f.ok() || f->evaluated_through <= after) break;
+      after = f->evaluated_through;
+      for (auto& m : f->messages) out[p].push_back(std::move(m));
+    }
   }
   return out;
 }

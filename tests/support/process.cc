@@ -25,7 +25,8 @@ namespace herald::testing {
 
 using namespace std::chrono_literals;
 
-Process::Process(const std::string& binary, const std::vector<std::string>& args) {
+Process::Process(const std::string& binary, const std::vector<std::string>& args,
+                 const std::vector<std::string>& prefix) {
   // stderr goes to an unlinked file, not a pipe: a child that logs a lot never blocks on a
   // full pipe while the test is busy elsewhere. The parent reads it at its own offset (pread).
   err_fd_ = ::open("/tmp", O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
@@ -38,12 +39,14 @@ Process::Process(const std::string& binary, const std::vector<std::string>& args
   posix_spawn_file_actions_t fa;
   posix_spawn_file_actions_init(&fa);
   posix_spawn_file_actions_adddup2(&fa, err_fd_, 2);
-  std::vector<std::string> all = {binary};
+  std::string path = std::string(HERALD_BIN_DIR) + "/" + binary;
+  std::vector<std::string> all = prefix;
+  all.push_back(prefix.empty() ? binary : path);
   all.insert(all.end(), args.begin(), args.end());
   std::vector<char*> argv;
   for (auto& a : all) argv.push_back(a.data());
   argv.push_back(nullptr);
-  std::string path = std::string(HERALD_BIN_DIR) + "/" + binary;
+  if (!prefix.empty()) path = prefix.front();
   if (posix_spawn(&pid_, path.c_str(), &fa, nullptr, argv.data(), environ) != 0) pid_ = -1;
   posix_spawn_file_actions_destroy(&fa);
 }

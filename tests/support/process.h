@@ -13,7 +13,12 @@ namespace herald::testing {
 // Killed with SIGKILL on destruction if still running.
 class Process {
  public:
-  Process(const std::string& binary, const std::vector<std::string>& args);
+  // Runs `binary` from the build's bin directory with `args`. With a `prefix` (an absolute
+  // program path and its arguments, e.g. {"/usr/sbin/ip", "netns", "exec", "ns1"}) the prefix
+  // runs and is given the binary's path and `args`; it must exec the binary in place, so that
+  // pid() and Signal reach it.
+  Process(const std::string& binary, const std::vector<std::string>& args,
+          const std::vector<std::string>& prefix = {});
   ~Process();
   Process(const Process&) = delete;
   Process& operator=(const Process&) = delete;
