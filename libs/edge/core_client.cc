@@ -741,6 +741,7 @@ void CoreClient::ProcessStopped(Stream* s, const v1::PartitionStopped& stopped) 
 void CoreClient::RunStream(Stream* s) {
   const std::string& address = options_.addresses[s->index];
   auto backoff = std::chrono::milliseconds(100);
+  int failures = 0;  // streams in a row that ended (the first after reading, or not)
   while (true) {
     v1::SubscribeRequest start;
     auto ctx = std::make_shared<grpc::ClientContext>();
@@ -795,6 +796,11 @@ void CoreClient::RunStream(Stream* s) {
     std::vector<v1::Message*> batch;
     while (wrote && s->rw->Read(&resp)) {
       backoff = std::chrono::milliseconds(100);
+      if (failures > 0) {
+        spdlog::info("subscribe stream to {} is up again after {} reconnection attempt(s)",
+                     address, failures);
+        failures = 0;
+      }
       switch (resp.event_case()) {
         case v1::SubscribeResponse::kDeliveries: {
           batch.clear();
@@ -861,8 +867,24 @@ void CoreClient::RunStream(Stream* s) {
     grpc::Status st = old->Finish();
     std::unique_lock<std::mutex> l(mu_);
     if (shutdown_) return;
-    spdlog::warn("subscribe stream to {} ended ({}: {}); reconnecting", address,
-                 static_cast<int>(st.error_code()), st.error_message());
+    // Once per outage, not at every attempt to reconnect.
+    spdlog::log(failures++ == 0 ? spdlog::level::warn : spdlog::level::debug,
+                "subscribe stream to {} ended ({}: {}); reconnecting", address,
+                static_cast<int>(st.error_code()), st.error_message());
+    // The node may stay gone (a crash, a network partition), and its partitions have new
+    // leaders by now: attach each elsewhere, after its last position here (resume_), on the node
+    // publishes last found leading it, else the next one. A node that does not lead it answers
+    // NOT_LEADER with a hint, and it moves on from there (back here, if this node still leads
+    // it once it is reachable again).
+    if (streams_.size() > 1) {
+      for (uint32_t p : s->partitions) {
+        size_t to = p < queues_.size() ? queues_[p]->leader : s->index;
+        if (to == s->index || to >= streams_.size()) to = (s->index + 1) % streams_.size();
+        timers_.emplace(Clock::now(), [this, p, to] { AttachPartition(p, to); });
+      }
+      s->partitions.clear();  // not in this stream's next start
+      cv_.notify_all();
+    }
     cv_.wait_for(l, backoff, [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return shutdown_; });
     backoff = std::min(backoff * 2, std::chrono::milliseconds(2000));
   }

@@ -2,13 +2,18 @@
 #include "libs/edge/core_client.h"
 
 #include <gtest/gtest.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
 #include <future>
 #include <map>
 #include <mutex>
+#include <set>
 #include <thread>
 
 #include "libs/cluster/core_node.h"
@@ -34,7 +39,7 @@ class CoreClientTest : public ::testing::Test {
     node_ = std::make_unique<cluster::CoreNode>(c);
     ASSERT_TRUE(node_->Start(dir_).ok());
     CoreClientOptions o;
-    o.addresses = {node_->address()};
+    o.addresses = Addresses();
     o.partitions = 4;
     o.edge_id = "test-edge";
     client_ = std::make_unique<CoreClient>(o, [this](const std::vector<v1::Message*>& ms) {
@@ -50,6 +55,9 @@ class CoreClientTest : public ::testing::Test {
     node_.reset();
     std::filesystem::remove_all(dir_);
   }
+
+  // The core addresses the client is given (node id i is addresses[i-1]).
+  virtual std::vector<std::string> Addresses() { return {node_->address()}; }
 
   void AddFilter(const std::string& f) {
     std::promise<void> applied;
@@ -132,6 +140,42 @@ TEST_F(CoreClientTest, RemovedFilterIsNoLongerDelivered) {
   ASSERT_TRUE(cv_.wait_for(l, 10s, [&] { return received_.count("marker") > 0; }));
   EXPECT_EQ(received_["a/1"].size(), 1u);
   EXPECT_EQ(received_.count("a/2"), 0u);
+}
+
+// Node 2 never answers (connection refused: killed, or cut off). The partitions first given to
+// its Subscribe stream (p % 2 == 1) move to node 1 and are delivered from there.
+class CoreClientDeadNodeTest : public CoreClientTest {
+ protected:
+  std::vector<std::string> Addresses() override {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    ::bind(fd, reinterpret_cast<sockaddr*>(&a), len);
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
+    ::close(fd);  // nothing listens there now
+    return {node_->address(), "127.0.0.1:" + std::to_string(ntohs(a.sin_port))};
+  }
+};
+
+TEST_F(CoreClientDeadNodeTest, PartitionsOfAnUnreachableNodeAreDeliveredFromAnother) {
+  // SetUp waited until every partition was attached: node 1 holds all four.
+  AddFilter("d/#");
+  std::set<uint32_t> partitions;
+  for (int i = 0; partitions.size() < 4; ++i) {
+    v1::Message m;
+    m.set_topic("d/" + std::to_string(i));
+    m.set_payload("x");
+    if (!partitions.insert(PartitionFor(m.topic(), 4)).second) continue;
+    std::promise<absl::Status> done;
+    client_->Publish({m}, [&](const absl::Status& s) { done.set_value(s); });
+    ASSERT_TRUE(done.get_future().get().ok()) << m.topic();
+  }
+  std::unique_lock<std::mutex> l(mu_);
+  ASSERT_TRUE(cv_.wait_for(l, 10s, [&] { return ReceivedCount() >= 4; }))
+      << ReceivedCount() << " of 4 partitions delivered";
+  EXPECT_EQ(ReceivedCount(), 4u);
 }
 
 // The live position a retained lookup reports. A retained message past it is one live delivery
