@@ -95,15 +95,16 @@ std::vector<std::string> NetnsLab::Prefix(int i) const {
   return {kIp, "netns", "exec", Namespace(i)};
 }
 
-bool NetnsLab::Isolate(int i, std::string* why) {
+bool NetnsLab::Isolate(int i, std::string* why, bool from_everyone) {
   std::string others;
   for (int j = 0; j < nodes_; ++j) {
     if (j != i) others += (others.empty() ? "" : ", ") + Host(j);
   }
+  const std::string from = from_everyone ? "iifname != \"lo\"" : "ip saddr { " + others + " }";
+  const std::string to = from_everyone ? "oifname != \"lo\"" : "ip daddr { " + others + " }";
   std::string rules = "table inet partition {\n";
-  rules += "  chain in { type filter hook input priority 0; ip saddr { " + others + " } drop; }\n";
-  rules +=
-      "  chain out { type filter hook output priority 0; ip daddr { " + others + " } drop; }\n";
+  rules += "  chain in { type filter hook input priority 0; " + from + " drop; }\n";
+  rules += "  chain out { type filter hook output priority 0; " + to + " drop; }\n";
   rules += "}\n";
   const std::string file = "/tmp/" + tag_ + "-partition.nft";
   FILE* f = ::fopen(file.c_str(), "w");

@@ -26,8 +26,9 @@ class NetnsLab {
   // Runs a program in node i's namespace (a Process prefix).
   std::vector<std::string> Prefix(int i) const;
   // Drops every packet between node i and the other nodes, both ways; this process still
-  // reaches node i. Returns false (with the reason in *why) if nftables refused.
-  bool Isolate(int i, std::string* why = nullptr);
+  // reaches node i unless `from_everyone`. Returns false (with the reason in *why) if nftables
+  // refused.
+  bool Isolate(int i, std::string* why = nullptr, bool from_everyone = false);
   // Undoes Isolate.
   bool Heal(int i, std::string* why = nullptr);
 
