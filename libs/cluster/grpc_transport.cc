@@ -12,6 +12,22 @@
 
 namespace herald::cluster {
 
+namespace {
+
+// Channels to peer nodes: keepalive pings every 10 s (also when idle), a connection that has not
+// answered one in 5 s is dropped (the nodes accept pings that often: core_node.cc), and no limit
+// on the size of a message sent.
+grpc::ChannelArguments PeerChannelArguments() {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10'000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5'000);
+  args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+  args.SetMaxSendMessageSize(-1);
+  return args;
+}
+
+}  // namespace
+
 class GrpcRaftTransport::PeerSender {
  public:
   // Queued batches merged into one frame stay under this (the receiver accepts 64 MiB).
@@ -24,13 +40,9 @@ class GrpcRaftTransport::PeerSender {
         cluster_id_(std::move(cluster_id)),
         address_(std::move(address)),
         max_queued_(max_queued) {
-    grpc::ChannelArguments args;
-    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10'000);
-    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5'000);
-    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    grpc::ChannelArguments args = PeerChannelArguments();
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-    args.SetMaxSendMessageSize(-1);
     channel_ = grpc::CreateCustomChannel(address_, credentials, args);
     stub_ = v1::RaftTransport::NewStub(channel_);
     thread_ = std::thread([this] { Run(); });
@@ -308,9 +320,10 @@ void GrpcRaftTransport::RunSnapshotTransfer(GroupId group, raft::Message message
   const raft::NodeId to = message.to;
   const uint64_t index = source->index;
   auto start = std::chrono::steady_clock::now();
-  grpc::ChannelArguments args;
-  args.SetMaxSendMessageSize(-1);
-  auto stub = v1::RaftTransport::NewStub(grpc::CreateCustomChannel(address, credentials_, args));
+  // Keepalive as on the Raft streams: a receiver cut off mid-transfer fails it within about
+  // 15 s, so that the next attempt can start, instead of holding the slot until the deadline.
+  auto stub = v1::RaftTransport::NewStub(
+      grpc::CreateCustomChannel(address, credentials_, PeerChannelArguments()));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::minutes(10));
   {
