@@ -397,7 +397,7 @@ grpc::Status AdminService::TransferLeadership(grpc::ServerContext* ctx,
     // The most caught-up other voter this node has heard from lately.
     uint64_t best_match = 0;
     for (const auto& [id, match] : st.match) {
-      if (id == options_.node_id || !host_.PeerAlive(id) ||
+      if (id == options_.node_id || !host_.PeerAlive(id, RaftHost::kTransferLiveness) ||
           std::find(voters.begin(), voters.end(), id) == voters.end()) {
         continue;
       }
@@ -412,13 +412,13 @@ grpc::Status AdminService::TransferLeadership(grpc::ServerContext* ctx,
                           " (voters: ", JoinIds(voters), ")"),
                    p);
     }
-  } else if (!host_.PeerAlive(target)) {
+  } else if (!host_.PeerAlive(target, RaftHost::kTransferLiveness)) {
     // The leader takes no proposals while a transfer runs (Raft dissertation §3.10): a transfer
     // to a node it cannot reach would stall the partition until the transfer times out.
     return Error(
         grpc::StatusCode::FAILED_PRECONDITION, v1::ERROR_CODE_UNSPECIFIED,
         StrCat("node ", target, " has not been heard from by partition ", p, "'s leader (node ",
-               options_.node_id, ") within an election timeout; not transferring leadership to it"),
+               options_.node_id, ") lately; not transferring leadership to it"),
         p);
   }
 

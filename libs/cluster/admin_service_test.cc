@@ -251,8 +251,8 @@ TEST_F(AdminServiceTest, TransferToAnUnreachableVoterIsRefusedAndTheLeaderKeepsL
   raft::NodeId target = leader % 3 + 1;
   raft::NodeId other = 6 - leader - target;
   net_.CutOff(target, true);
-  // Longer than an election timeout (10 ticks of 10 ms): the leader has stopped hearing it.
-  std::this_thread::sleep_for(300ms);
+  // Longer than RaftHost::kTransferLiveness election timeouts (of 10 ticks of 10 ms).
+  std::this_thread::sleep_for(500ms);
   v1::TransferLeadershipRequest req;
   req.set_partition(p);
   req.set_target_node_id(target);

@@ -550,7 +550,7 @@ void CoreNode::ControllerRound(const v1::MetadataStateRecord& rec) {
     // the partition takes no publishes while a transfer runs, so a transfer to an unreachable
     // node, or one that needs much catching up, would stall it until the transfer times out.
     auto ready = [&](uint64_t v) {
-      if (!host_->PeerAlive(v)) return false;
+      if (!host_->PeerAlive(v, RaftHost::kTransferLiveness)) return false;
       for (const v1::ReplicaStatus& r : ps.replicas()) {
         if (r.node_id() == v) {
           return r.match_index() > 0 && r.match_index() + kMaxTransferLag >= ps.commit_index();

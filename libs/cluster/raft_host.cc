@@ -566,7 +566,10 @@ raft::NodeId RaftHost::MostCaughtUpLiveVoter(const raft::Node& node,
   raft::NodeId best = raft::kNoNode;
   uint64_t best_match = 0;
   for (raft::NodeId v : candidates) {
-    if (v == options_.node_id || !node.conf_state().IsVoter(v) || !PeerAlive(v)) continue;
+    if (v == options_.node_id || !node.conf_state().IsVoter(v) ||
+        !PeerAlive(v, kTransferLiveness)) {
+      continue;
+    }
     const raft::Progress* pr = node.progress(v);
     if (pr != nullptr && (best == raft::kNoNode || pr->match > best_match)) {
       best = v;
@@ -576,12 +579,13 @@ raft::NodeId RaftHost::MostCaughtUpLiveVoter(const raft::Node& node,
   return best;
 }
 
-bool RaftHost::PeerAlive(raft::NodeId node) {
+bool RaftHost::PeerAlive(raft::NodeId node, int election_timeouts) {
   if (node == options_.node_id) return true;
   auto now = clock_.Now();
   std::lock_guard<std::mutex> l(heard_mu_);
   auto it = heard_.find(node);
-  return it != heard_.end() && now - it->second < options_.tick * options_.election_ticks;
+  return it != heard_.end() &&
+         now - it->second < options_.tick * options_.election_ticks * election_timeouts;
 }
 
 void RaftHost::HeardFrom(raft::NodeId node) {
@@ -616,11 +620,9 @@ void RaftHost::TransferLeadership(GroupId group, raft::NodeId to) {
   inbox_.tasks.push_back([this, group, to] {
     auto it = groups_.find(group);
     if (it == groups_.end()) return;
-    if (!PeerAlive(to)) {
-      spdlog::info(
-          "raft group {}: not transferring leadership to node {}: not heard from "
-          "within an election timeout",
-          group, to);
+    if (!PeerAlive(to, kTransferLiveness)) {
+      spdlog::info("raft group {}: not transferring leadership to node {}: not heard from lately",
+                   group, to);
       return;
     }
     it->second->node->TransferLeadership(to).IgnoreError();

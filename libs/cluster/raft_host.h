@@ -255,9 +255,12 @@ class RaftHost {
   // alive. Quiesced groups wake up when a member has not been heard from for an election
   // timeout. Thread-safe.
   void HeardFrom(raft::NodeId node);
-  // Whether `node` was heard from within an election timeout (always true for this node).
-  // Thread-safe.
-  bool PeerAlive(raft::NodeId node);
+  // Whether `node` was heard from within `election_timeouts` election timeouts (always true
+  // for this node). Thread-safe.
+  bool PeerAlive(raft::NodeId node, int election_timeouts = 1);
+  // How long a leadership transfer target may have been silent, in election timeouts: a live
+  // node whose host thread stalled briefly still qualifies.
+  static constexpr int kTransferLiveness = 2;
   // Proposes a PartitionCommand (serialized) on `group`; `done` runs on the host's thread once
   // the outcome is known. Thread-safe.
   void Propose(GroupId group, std::string command, ProposalCallback done);
@@ -269,7 +272,8 @@ class RaftHost {
   // Runs `fn` on the host's thread soon (e.g. transport changes). Thread-safe.
   void RunTask(std::function<void()> fn);
   // Asks the group's leader (this node) to hand leadership to `to`. Ignored while `to` has not
-  // been heard from within an election timeout: the leader takes no proposals while a transfer
+  // been heard from within kTransferLiveness election timeouts: the leader takes no proposals
+  // while a transfer
   // runs (dissertation §3.10), so a transfer to a node it cannot reach would stall the group
   // until the transfer times out. Thread-safe.
   void TransferLeadership(GroupId group, raft::NodeId to);
@@ -361,8 +365,9 @@ class RaftHost {
   void TickQuiescence(int ticks);
   // Brings a replica woken because its leader's node is silent to the end of its lease.
   void RunDownElectionTimer(raft::Node& node);
-  // Of `candidates`, the voter of `node`'s group (not this node) heard from within an election
-  // timeout whose log the leader knows to reach furthest; kNoNode if none (host thread, leader).
+  // Of `candidates`, the voter of `node`'s group (not this node) heard from within
+  // kTransferLiveness election timeouts whose log the leader knows to reach furthest; kNoNode if
+  // none (host thread, leader).
   raft::NodeId MostCaughtUpLiveVoter(const raft::Node& node,
                                      const std::vector<raft::NodeId>& candidates);
   void Quiesce(Group& g);

@@ -137,6 +137,13 @@ CoreClient::CoreClient(CoreClientOptions options, DeliveryCallback on_delivery)
     args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS, 10'000);
     args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 5'000);
     args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    // Reconnect to a node that went away at least once a second (gRPC's default backoff grows
+    // to two minutes, which would keep a healed node's partitions unreachable that long), and
+    // give up a connection attempt after a second rather than 20 s: a Subscribe stream starts
+    // while holding change_mu_, and a node that drops packets would hold it that long.
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 1000);
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
     channels_.push_back(grpc::CreateCustomChannel(
         a, options_.credentials ? options_.credentials : grpc::InsecureChannelCredentials(), args));
     stubs_.push_back(v1::Broker::NewStub(channels_.back()));

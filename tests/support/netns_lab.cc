@@ -1,10 +1,14 @@
 #include "tests/support/netns_lab.h"
 
+#include <signal.h>
 #include <stdio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
+#include <set>
+#include <sstream>
 
 namespace herald::testing {
 namespace {
@@ -25,6 +29,27 @@ int Run(const std::string& command, std::string* out = nullptr) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+// Removes what a lab left behind when its process died without cleaning up (killed by a
+// timeout, say): its namespaces with the processes still in them, and its bridge.
+void RemoveStaleLabs() {
+  std::string names;
+  if (Run(std::string(kIp) + " netns list", &names) != 0) return;
+  std::set<int> dead;
+  std::istringstream in(names);
+  std::string line;
+  while (std::getline(in, line)) {
+    int pid = 0, node = 0;
+    char rest = 0;
+    if (std::sscanf(line.c_str(), "hz%d-%d%c", &pid, &node, &rest) < 2) continue;
+    if (::kill(pid, 0) == 0 || errno != ESRCH) continue;  // its test is still running
+    const std::string ns = line.substr(0, line.find(' '));
+    Run(std::string(kIp) + " netns pids " + ns + " | xargs -r kill -9");
+    Run(std::string(kIp) + " netns del " + ns);
+    dead.insert(pid);
+  }
+  for (int pid : dead) Run(std::string(kIp) + " link del hz" + std::to_string(pid) + "br");
+}
+
 }  // namespace
 
 NetnsLab::NetnsLab(int nodes, std::string tag, int subnet)
@@ -41,12 +66,26 @@ std::unique_ptr<NetnsLab> NetnsLab::Create(int nodes, std::string* why) {
       return nullptr;
     }
   }
+  RemoveStaleLabs();
   // Interface names are at most 15 characters: "hz" + pid (<= 7 digits) + suffix.
   const int pid = static_cast<int>(::getpid());
-  std::unique_ptr<NetnsLab> lab(new NetnsLab(nodes, "hz" + std::to_string(pid), pid % 250));
+  // A 10.213.B.0/24 no route of this machine covers yet.
+  int subnet = -1;
+  std::string out;
+  for (int k = 0; k < 250 && subnet < 0; ++k) {
+    const int b = (pid + k) % 250;
+    if (Run(std::string(kIp) + " -4 route show 10.213." + std::to_string(b) + ".0/24", &out) == 0 &&
+        out.empty()) {
+      subnet = b;
+    }
+  }
+  if (subnet < 0) {
+    *why = "no free 10.213.B.0/24 subnet";
+    return nullptr;
+  }
+  std::unique_ptr<NetnsLab> lab(new NetnsLab(nodes, "hz" + std::to_string(pid), subnet));
   const std::string net = "10.213." + std::to_string(lab->subnet_) + ".";
   const std::string br = lab->tag_ + "br";
-  std::string out;
   auto step = [&](const std::string& command) {
     if (Run(command, &out) == 0) return true;
     *why = command + ": " + out;
@@ -72,6 +111,10 @@ std::unique_ptr<NetnsLab> NetnsLab::Create(int nodes, std::string* why) {
         !step(std::string(kIp) + " link set " + outer + " up")) {
       return nullptr;
     }
+  }
+  // Isolate needs nftables in the namespaces: find out now, not halfway through a test.
+  if (!step(std::string(kIp) + " netns exec " + lab->Namespace(0) + " " + kNft + " list tables")) {
+    return nullptr;
   }
   return lab;
 }
@@ -108,7 +151,10 @@ bool NetnsLab::Isolate(int i, std::string* why, bool from_everyone) {
   rules += "}\n";
   const std::string file = "/tmp/" + tag_ + "-partition.nft";
   FILE* f = ::fopen(file.c_str(), "w");
-  if (f == nullptr) return false;
+  if (f == nullptr) {
+    if (why != nullptr) *why = "cannot write " + file;
+    return false;
+  }
   ::fputs(rules.c_str(), f);
   ::fclose(f);
   std::string out;
