@@ -139,8 +139,8 @@ CoreClient::CoreClient(CoreClientOptions options, DeliveryCallback on_delivery)
     args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
     // Reconnect to a node that went away at least once a second (gRPC's default backoff grows
     // to two minutes, which would keep a healed node's partitions unreachable that long), and
-    // give up a connection attempt after a second rather than 20 s: a Subscribe stream starts
-    // while holding change_mu_, and a node that drops packets would hold it that long.
+    // give up a connection attempt after a second rather than 20 s (a Subscribe stream waits
+    // for its connection before it starts).
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 1000);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
@@ -750,14 +750,21 @@ void CoreClient::RunStream(Stream* s) {
   auto backoff = std::chrono::milliseconds(100);
   int failures = 0;  // streams in a row that ended (the first after reading, or not)
   while (true) {
-    v1::SubscribeRequest start;
     auto ctx = std::make_shared<grpc::ClientContext>();
+    {
+      std::lock_guard<std::mutex> l(mu_);
+      if (shutdown_) return;
+      s->ctx = ctx;  // Shutdown cancels it, also while the call is being created
+    }
+    // Creating the call waits for a connection (a node that drops packets holds it for a whole
+    // connection attempt): not under change_mu_, which filter changes and partition moves need.
+    auto rw = stubs_[s->index]->Subscribe(ctx.get());
+    v1::SubscribeRequest start;
     // Filters and partitions added while the stream starts must land either in its start
     // message or in a change after it: hold change_mu_ until the stream is up.
     std::unique_lock<std::mutex> changes(change_mu_);
     {
       std::lock_guard<std::mutex> l(mu_);
-      if (shutdown_) return;
       auto* st = start.mutable_start();
       st->set_edge_id(options_.edge_id);
       for (uint32_t p : s->partitions) {
@@ -773,11 +780,9 @@ void CoreClient::RunStream(Stream* s) {
       for (const auto& [f, refs] : filter_refs_) st->add_filters(f);
       st->set_initial_credit_bytes(options_.stream_credit_bytes);
       st->set_heartbeat_interval_ms(5000);
-      s->ctx = ctx;
       s->next_change_id = 1;
       s->changes.clear();
     }
-    auto rw = stubs_[s->index]->Subscribe(ctx.get());
     bool wrote;
     {
       std::lock_guard<std::mutex> wl(s->write_mu);
