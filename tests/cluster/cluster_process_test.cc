@@ -31,17 +31,6 @@ constexpr int kTopics = 20;
 using testing::ByTopic;
 using testing::History;
 
-// Reads every partition straight from a stopped node's database.
-std::vector<v1::Message> ReadReplica(const std::string& data_dir) {
-  std::vector<uint32_t> all;
-  for (uint32_t p = 0; p < kPartitions; ++p) all.push_back(p);
-  std::vector<v1::Message> out;
-  for (auto& [p, msgs] : testing::ReadStoppedReplica(data_dir, all)) {
-    for (auto& m : msgs) out.push_back(std::move(m));
-  }
-  return out;
-}
-
 TEST(ClusterProcessTest, AcknowledgedMessagesSurviveKillStopAndFullRestart) {
   const bool long_run = std::getenv("HERALD_CLUSTER_LONG") != nullptr;
   const int total = long_run ? 50'000 : 10'000;
@@ -121,7 +110,7 @@ TEST(ClusterProcessTest, AcknowledgedMessagesSurviveKillStopAndFullRestart) {
   // From every replica's own state, after an orderly stop.
   for (int i = 0; i < kNodes; ++i) EXPECT_EQ(cluster.StopGracefully(i), 0);
   for (int i = 0; i < kNodes; ++i) {
-    History replica = ByTopic(ReadReplica(cluster.DataDir(i)));
+    History replica = ByTopic(testing::ReadStoppedReplicaAll(cluster.DataDir(i), kPartitions));
     size_t n = 0;
     for (const auto& [t, v] : replica) n += v.size();
     EXPECT_EQ(n, static_cast<size_t>(total)) << "node " << i + 1;

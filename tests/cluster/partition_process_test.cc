@@ -245,13 +245,9 @@ TEST_F(PartitionProcessTest, CutOffLeaderStepsDownAndCatchesUpWithoutLoss) {
 
   // From every replica's own state, after an orderly stop.
   for (int i = 0; i < kNodes; ++i) EXPECT_EQ(cluster.StopGracefully(i), 0);
-  std::vector<uint32_t> partitions;
-  for (uint32_t p = 0; p < kPartitions; ++p) partitions.push_back(p);
   for (int i = 0; i < kNodes; ++i) {
-    std::vector<v1::Message> replica;
-    for (auto& [p, msgs] : testing::ReadStoppedReplica(cluster.DataDir(i), partitions)) {
-      replica.insert(replica.end(), msgs.begin(), msgs.end());
-    }
+    std::vector<v1::Message> replica =
+        testing::ReadStoppedReplicaAll(cluster.DataDir(i), kPartitions);
     EXPECT_EQ(replica.size(), static_cast<size_t>(work.count())) << "node " << i + 1;
     EXPECT_TRUE(ByTopic(replica) == work.acked()) << "node " << i + 1 << "'s history differs";
   }

@@ -74,4 +74,15 @@ std::map<uint32_t, std::vector<v1::Message>> ReadStoppedReplica(
   return out;
 }
 
+std::vector<v1::Message> ReadStoppedReplicaAll(const std::string& data_dir,
+                                               uint32_t partition_count) {
+  std::vector<uint32_t> all;
+  for (uint32_t p = 0; p < partition_count; ++p) all.push_back(p);
+  std::vector<v1::Message> out;
+  for (auto& [p, msgs] : ReadStoppedReplica(data_dir, all)) {
+    for (auto& m : msgs) out.push_back(std::move(m));
+  }
+  return out;
+}
+
 }  // namespace herald::testing

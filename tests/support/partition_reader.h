@@ -29,4 +29,8 @@ std::vector<v1::Message> FetchWholePartition(
 std::map<uint32_t, std::vector<v1::Message>> ReadStoppedReplica(
     const std::string& data_dir, const std::vector<uint32_t>& partitions);
 
+// Every message of partitions 0 .. partition_count-1 of a stopped node, partition by partition.
+std::vector<v1::Message> ReadStoppedReplicaAll(const std::string& data_dir,
+                                               uint32_t partition_count);
+
 }  // namespace herald::testing
